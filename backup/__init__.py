@@ -1,0 +1,1 @@
+"""mail-backup: export, ship, restore, verify, prune, check and schedule account backups."""

@@ -1,0 +1,1 @@
+"""mail-exporter: one /metrics for mail operations and backups."""

@@ -1,0 +1,17 @@
+"""mailsrv's JMAP server: importing this package registers every method module."""
+
+from . import (  # noqa: F401 - imported for their @method registrations
+    blob,
+    core_methods,
+    email,
+    identity,
+    mailbox,
+    management,
+    sieve,
+    submission,
+    thread,
+    vacation,
+)
+from .core import METHODS, MethodError, RequestError, process
+
+__all__ = ["METHODS", "MethodError", "RequestError", "process"]
