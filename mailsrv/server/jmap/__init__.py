@@ -4,6 +4,7 @@ from . import (  # noqa: F401 - imported for their @method registrations
     blob,
     core_methods,
     email,
+    email_set,
     identity,
     mailbox,
     management,

@@ -93,6 +93,26 @@ class MailStore:
                 created.append((int(cur.lastrowid or 0), CREATED))
             self.changes.record(c, account_id, modseq, MAILBOX, created)
 
+    def create_mailbox(
+        self,
+        account_id: int,
+        name: str,
+        parent_id: int | None = None,
+        role: str | None = None,
+        sort_order: int = 0,
+        is_subscribed: bool = True,
+    ) -> int:
+        """Create a mailbox (no validation here: the JMAP layer checks names, parents and roles)."""
+        with self.db.tx() as c:
+            modseq = self.changes.next_modseq(c, account_id)
+            cur = c.execute(
+                "INSERT INTO mailboxes(account_id, name, parent_id, role, sort_order, is_subscribed) VALUES(?,?,?,?,?,?)",
+                (account_id, name, parent_id, role, sort_order, int(is_subscribed)),
+            )
+            mailbox_id = int(cur.lastrowid or 0)
+            self.changes.record(c, account_id, modseq, MAILBOX, [(mailbox_id, CREATED)])
+        return mailbox_id
+
     def mailbox_counts(self, account_id: int, mailbox_id: int) -> dict[str, int]:
         """totalEmails, unreadEmails, totalThreads, unreadThreads (RFC 8621 §2)."""
         row = self.db.one(
