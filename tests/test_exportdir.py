@@ -67,7 +67,7 @@ def test_manifest_round_trip_and_clear_errors(tmp_path: Path) -> None:
     write_manifest(tmp_path, _manifest())
     assert load_manifest(tmp_path) == _manifest()
     (tmp_path / "manifest.json").write_text('{"format": "mailsidecar-export"}')
-    with pytest.raises(ManifestError, match="manifest.json: account"):
+    with pytest.raises(ManifestError, match=r"manifest\.json: account"):
         load_manifest(tmp_path)
     with pytest.raises(ManifestError, match="no complete export"):
         load_manifest(tmp_path / "missing")
