@@ -99,3 +99,39 @@ def test_state_keeps_last_success_across_failures(tmp_path: Path) -> None:
     assert state.read("export", "../../etc") is None
     assert os.path.basename(state.path("export", "../../etc")).startswith("x-")
     assert [r.subject for r in state.all()] == ["alice"]
+
+
+def _email(i: int, sha: str) -> EmailRecord:
+    from backup.exportdir import EmailRecord
+
+    return EmailRecord(id=f"e{i}", blob_id=f"b{i}", sha256=sha, size=3, mailbox_ids=["m1"], received_at="2026-01-01T00:00:00Z")
+
+
+def test_commit_protocol_keeps_previous_export_until_manifest_switches(tmp_path: Path) -> None:
+    from backup.exportdir.account import AccountReader, AccountWriter
+
+    root = tmp_path / "alice"
+    w1 = AccountWriter(root, "20261120T024500Z-aaaaaa")
+    s1 = w1.put_blob(b"one")
+    w1.write_jsonl("emails", [_email(1, s1)])
+    m1 = _manifest().model_copy(update={"files": w1.files})
+    w1.commit(m1, {s1})
+
+    # a second run writes new files but "crashes" before its manifest: the first export stays complete
+    w2 = AccountWriter(root, "20261121T024500Z-bbbbbb")
+    s2 = w2.put_blob(b"two")
+    w2.write_jsonl("emails", [_email(2, s2)])
+    r = AccountReader(root)
+    assert [e.id for e in r.emails()] == ["e1"] and r.blob_path(s1).read_bytes() == b"one" and r.check_files() == []
+
+    # the rerun commits; files and blobs no longer referenced are removed afterwards
+    w3 = AccountWriter(root, "20261121T030000Z-cccccc")
+    s3 = w3.put_blob(b"two")
+    w3.write_jsonl("emails", [_email(2, s3)])
+    w3.commit(_manifest().model_copy(update={"files": w3.files}), {s3})
+    r = AccountReader(root)
+    assert [e.id for e in r.emails()] == ["e2"]
+    assert not r.blob_path(s1).exists()
+    assert sorted(p.name for p in (root / "meta").iterdir()) == ["emails-20261121T030000Z-cccccc.jsonl"]
+    (root / "meta" / "emails-20261121T030000Z-cccccc.jsonl").write_text("tampered\n")
+    assert r.check_files() == ["emails: meta/emails-20261121T030000Z-cccccc.jsonl: content differs from the manifest"]
