@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from backup.exportdir import ExportDir, LayoutError, Manifest, ManifestError, account_dir_name, inside, load_manifest, write_manifest
+from backup.exportdir import (
+    EmailRecord,
+    ExportDir,
+    LayoutError,
+    Manifest,
+    ManifestError,
+    account_dir_name,
+    inside,
+    load_manifest,
+    write_manifest,
+)
 from backup.exportdir.manifest import json_schema
 from backup.exportdir.records import MailboxRecord, mailbox_paths
 from backup.state import StateDir, result
@@ -102,8 +112,6 @@ def test_state_keeps_last_success_across_failures(tmp_path: Path) -> None:
 
 
 def _email(i: int, sha: str) -> EmailRecord:
-    from backup.exportdir import EmailRecord
-
     return EmailRecord(id=f"e{i}", blob_id=f"b{i}", sha256=sha, size=3, mailbox_ids=["m1"], received_at="2026-01-01T00:00:00Z")
 
 
