@@ -152,7 +152,7 @@ def account_list(ctx: Ctx, as_json: bool) -> None:
 
     rows = [
         {"name": p.name, "id": p.id, "accountId": jmap_id(p.id), "emails": p.emails, "roles": p.roles, "usedQuota": p.used_quota}
-        for p in ctx.store().principals.list({"individual"})
+        for p in ctx.store().principals.search({"individual"})
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))

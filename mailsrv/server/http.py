@@ -120,9 +120,13 @@ async def jmap_api(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > limit:
             server.metrics.inc("limit_size_request")
             return problem(400, "urn:ietf:params:jmap:error:limit", "request too large", limit="maxSizeRequest")
-        body = await request.content.read(limit + 1)
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > limit:
+                break
         try:
-            using, calls, created = parse_request(body, server)
+            using, calls, created = parse_request(bytes(body), server)
         except RequestError as exc:
             return problem(exc.status, exc.type, exc.detail, **exc.extra)
         responses = await asyncio.to_thread(process, server, identity, using, calls, created)
@@ -173,13 +177,6 @@ async def jmap_download(request: web.Request) -> web.StreamResponse:
     except MethodError as exc:
         return problem(403 if exc.type == "forbidden" else 404, "about:blank", exc.type)
     blob_id = request.match_info["blob"]
-    try:
-        path = server.store.blobs.path(blob_id)
-    except ValueError:
-        return problem(404, "about:blank", "blob not found")
-    readable = await asyncio.to_thread(server.store.mail.account_can_read_blob, pid, blob_id)
-    if not readable or not path.exists():
-        return problem(404, "about:blank", "blob not found")
     name = request.match_info.get("name", "blob")
     ctype = request.query.get("accept") or "application/octet-stream"
     headers = {
@@ -187,6 +184,20 @@ async def jmap_download(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": f"attachment; filename*=UTF-8''{urllib.parse.quote(name)}",
         "Cache-Control": "private, immutable, max-age=31536000",
     }
+    if "_" in blob_id:  # a body part of a message, "<message blobId>_<partId>" (jmap/email_body.py)
+        from .jmap.email_body import read_blob
+
+        data = await asyncio.to_thread(read_blob, server.store, pid, blob_id)
+        if data is None:
+            return problem(404, "about:blank", "blob not found")
+        return web.Response(body=data, headers=headers)
+    try:
+        path = server.store.blobs.path(blob_id)
+    except ValueError:
+        return problem(404, "about:blank", "blob not found")
+    readable = await asyncio.to_thread(server.store.mail.account_can_read_blob, pid, blob_id)
+    if not readable or not path.exists():
+        return problem(404, "about:blank", "blob not found")
     return web.FileResponse(path, headers=headers)
 
 
@@ -195,9 +206,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     if server.cfg.metrics_user:
         creds = basic_credentials(request)
         if creds != (server.cfg.metrics_user, server.metrics_password):
+            if creds is not None:
+                server.guard.failure(peer_ip(request))
             return unauthorized()
-    return web.Response(text=server.metrics.render(), content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Version": "0.0.4"})
+    return web.Response(body=server.metrics.render().encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def healthz_live(request: web.Request) -> web.Response:

@@ -138,7 +138,7 @@ class Principals:
                 row = self.db.one("SELECT * FROM principals WHERE id=?", (found[0],))
         return self._load(row) if row else None
 
-    def list(self, types: set[str] | None = None, words: str = "") -> list[Principal]:
+    def search(self, types: set[str] | None = None, words: str = "") -> list[Principal]:
         rows = self.db.q("SELECT * FROM principals ORDER BY name")
         out = []
         tokens = [t.lower() for t in words.split()]
