@@ -99,8 +99,48 @@ class ScheduleConfig(_Section):
     drill: str = "30 4 * * 0"
 
 
+class ExporterProbeConfig(_Section):
+    """mail-exporter's optional end-to-end probe: submit over SMTP, wait for it over JMAP, delete it."""
+
+    enabled: bool = False
+    submission: str = ""  # HOST:PORT of the submission listener; default: [server] url's host, port 587
+    tls: Literal["starttls", "tls"] = "starttls"
+    user: str = ""  # the probe account's login (SMTP AUTH and JMAP)
+    password_file: str = ""  # or $MAILSIDECAR_PROBE_PASSWORD
+    mail_from: str = ""  # default: user
+    to: str = ""  # default: mail_from; must be a mailbox the probe login reads over JMAP
+    interval: float = Field(default=300.0, gt=0)
+    timeout: float = Field(default=120.0, gt=0)
+
+    @field_validator("submission")
+    @classmethod
+    def _optional_listen(cls, value: str) -> str:
+        return _listen(value) if value else value
+
+
 class ExporterConfig(_Section):
     listen: str = "127.0.0.1:9925"
+    tls_cert_file: str = ""  # serve /metrics over HTTPS when both are set
+    tls_key_file: str = ""
+    auth_user: str = ""  # require HTTP Basic auth on /metrics when set
+    auth_password_file: str = ""  # or $MAILSIDECAR_EXPORTER_PASSWORD
+    sources: list[Literal["mailserver", "queue", "backups", "tls"]] = Field(
+        default_factory=lambda: ["mailserver", "queue", "backups", "tls"]
+    )
+    tls_endpoints: list[str] = Field(default_factory=list)  # smtp://host:25, smtps://host:465, imaps://…, https://…
+    stalwart_metric_names: Literal["auto", "0.16.12", "0.16.0"] = "auto"  # stalwart-0.16 only
+    queue_top_domains: int = Field(default=10, ge=0, le=1000)
+    queue_page_size: int = Field(default=1000, ge=1, le=100_000)
+    queue_max_messages: int = Field(default=1_000_000, ge=1)
+    mailserver_interval: float = Field(default=15.0, gt=0)
+    mailserver_timeout: float = Field(default=10.0, gt=0)
+    queue_interval: float = Field(default=60.0, gt=0)
+    queue_timeout: float = Field(default=120.0, gt=0)
+    backups_interval: float = Field(default=30.0, gt=0)
+    backups_timeout: float = Field(default=10.0, gt=0)
+    tls_interval: float = Field(default=600.0, gt=0)
+    tls_timeout: float = Field(default=10.0, gt=0)
+    probe: ExporterProbeConfig = Field(default_factory=ExporterProbeConfig)
     _v_listen = field_validator("listen")(_listen)
 
 
@@ -135,6 +175,8 @@ class MailsrvConfig(_Section):
     tls_cert_file: str = ""
     tls_key_file: str = ""
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    smtp_rate_limit: int = Field(default=2000, ge=0)  # messages per client IP per smtp_rate_window; 0 = unlimited
+    smtp_rate_window: float = Field(default=60.0, gt=0)
     auth_ban_failures: int = Field(default=10, ge=1)
     auth_ban_window: int = Field(default=600, ge=1)
     auth_ban_duration: int = Field(default=3600, ge=1)

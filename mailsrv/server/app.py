@@ -178,6 +178,7 @@ class MailServer:
         from .smtp import start_smtp
 
         self.queue = OutboundQueue(self)
+        self._servers += await start_smtp(self)  # SMTP first: /healthz/ready must mean every listener is up
         app = build_app(self)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -186,7 +187,6 @@ class MailServer:
         if self.cfg.https_listen:
             h, p = split_listen(self.cfg.https_listen)
             await web.TCPSite(self._runner, h, p, ssl_context=self.tls).start()
-        self._servers += await start_smtp(self)
         self.queue.start()
         log.info("mailsrv ready: http %s, smtp %s, submission %s", self.cfg.http_listen, self.cfg.smtp_listen, self.cfg.submission_listen)
 
