@@ -1,0 +1,1 @@
+"""One module per mail-backup subcommand, each exposing a click ``command``."""

@@ -1,0 +1,1 @@
+"""Backup targets: base (the narrow interface) + restic, b2, s3."""
