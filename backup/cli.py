@@ -70,7 +70,8 @@ def _die(message: str, code: int) -> None:
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", metavar="FILE", help="Config file [default: $MAILSIDECAR_CONFIG, else /etc/mailsidecar/config.toml]")
+@click.option("--config", "config_path", metavar="FILE",
+              help="Config file [default: $MAILSIDECAR_CONFIG, else /etc/mailsidecar/config.toml]")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug)")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:

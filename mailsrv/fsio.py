@@ -32,7 +32,8 @@ def atomic_open(path: Path, mode: str = "wb", perm: int = 0o644) -> Iterator[IO[
     tmp_path = Path(tmp)
     try:
         os.fchmod(fd, perm)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
+        f: IO[Any] = os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding="utf-8", newline="\n")
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -38,7 +38,9 @@ def mailbox_paths(records: list[MailboxRecord]) -> dict[str, list[str]]:
     by_id = {m.id: m for m in records}
     out: dict[str, list[str]] = {}
     for m in records:
-        path, seen, cur = [], set(), m
+        path: list[str] = []
+        seen: set[str] = set()
+        cur: MailboxRecord | None = m
         while cur is not None and cur.id not in seen:
             seen.add(cur.id)
             path.append(cur.name)
