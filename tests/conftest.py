@@ -126,7 +126,7 @@ def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_ready(srv: MailsrvProc, timeout: float = 20) -> None:
+def _wait_ready(srv: MailsrvProc, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if srv.proc.poll() is not None:

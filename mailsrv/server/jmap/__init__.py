@@ -8,6 +8,7 @@ from . import (  # noqa: F401 - imported for their @method registrations
     identity,
     mailbox,
     management,
+    quota,
     sieve,
     submission,
     thread,

@@ -44,7 +44,7 @@ def account_capabilities(server: MailServer) -> dict[str, Any]:
                 "maxNumberRedirects": 1, "sieveExtensions": [], "notificationMethods": None, "externalLists": None,
                 "implementation": "mailsrv (scripts are stored, not run)"},
         BLOB: {"maxSizeBlobSet": lim.max_size_request * 3 // 4 - 512, "maxDataSources": lim.max_calls_in_request,
-               "supportedTypeNames": ["Email", "SieveScript"], "supportedDigestAlgorithms": ["sha", "sha-256"]},
+               "supportedTypeNames": ["Email", "Mailbox", "Thread", "SieveScript"], "supportedDigestAlgorithms": ["sha", "sha-256"]},
         QUOTA: {},
     }
 

@@ -430,7 +430,8 @@ class MailStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self.db.q(f"SELECT * FROM emails WHERE account_id=? AND id IN ({marks})", (account_id, *chunk))
+            # "+account_id": look rows up by primary key, not by scanning the account's index entries
+            rows = self.db.q(f"SELECT * FROM emails WHERE +account_id=? AND id IN ({marks})", (account_id, *chunk))
             boxes: dict[int, list[int]] = {}
             for r in self.db.q(
                 f"SELECT email_id, mailbox_id FROM email_mailboxes WHERE email_id IN ({marks}) ORDER BY mailbox_id",

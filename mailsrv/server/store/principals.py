@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +75,12 @@ class Principal:
     quota: int
     roles: list[str]
     emails: list[str] = field(default_factory=list)
-    used_quota: int = 0
+    usage: Callable[[], int] = field(default=lambda: 0, repr=False, compare=False)
+
+    @property
+    def used_quota(self) -> int:
+        """Bytes of mail stored (summed on demand: most lookups, e.g. per JMAP call, never need it)."""
+        return self.usage()
 
     @property
     def is_admin(self) -> bool:
@@ -113,7 +120,6 @@ class Principals:
     # -- principals --------------------------------------------------------------------------------
     def _load(self, row: sqlite3.Row) -> Principal:
         emails = [r[0] for r in self.db.q("SELECT address FROM addresses WHERE principal_id=? ORDER BY rowid", (row["id"],))]
-        used = self.db.one("SELECT COALESCE(SUM(size),0) FROM emails WHERE account_id=?", (row["id"],))
         return Principal(
             id=row["id"],
             name=row["name"],
@@ -123,8 +129,12 @@ class Principals:
             quota=row["quota"],
             roles=json.loads(row["roles"]),
             emails=emails,
-            used_quota=int(used[0]) if used else 0,
+            usage=functools.partial(self._usage, int(row["id"])),
         )
+
+    def _usage(self, principal_id: int) -> int:
+        row = self.db.one("SELECT COALESCE(SUM(size),0) FROM emails WHERE account_id=?", (principal_id,))
+        return int(row[0]) if row else 0
 
     def get(self, principal_id: int) -> Principal | None:
         row = self.db.one("SELECT * FROM principals WHERE id=?", (principal_id,))
@@ -229,7 +239,7 @@ class Principals:
             return
         with self.db.tx() as c:
             c.execute(
-                f"UPDATE principals SET {', '.join(f'{k}=?' for k in cols)} WHERE id=?",  # noqa: S608 - fixed names
+                f"UPDATE principals SET {', '.join(f'{k}=?' for k in cols)} WHERE id=?",
                 (*cols.values(), pid),
             )
         self._verified = {k: v for k, v in self._verified.items() if k[0] != pid}
@@ -238,7 +248,7 @@ class Principals:
         with self.db.tx() as c:
             for table in ("emails", "mailboxes", "identities", "sieve_scripts", "submissions", "uploads",
                           "threads", "thread_msgids", "changelog", "states", "vacation", "vacation_replies"):
-                c.execute(f"DELETE FROM {table} WHERE account_id=?", (pid,))  # noqa: S608 - fixed names
+                c.execute(f"DELETE FROM {table} WHERE account_id=?", (pid,))
             return c.execute("DELETE FROM principals WHERE id=?", (pid,)).rowcount > 0
 
     # -- authentication and delivery lookup --------------------------------------------------------
@@ -247,7 +257,8 @@ class Principals:
         p = self.by_name(name)
         if p is None or not password:
             return None
-        key = (p.id, hashlib.sha256(password.encode()).hexdigest())
+        # keyed by the stored hashes too, so a password changed by another process (the CLI) takes effect at once
+        key = (p.id, hashlib.sha256("\0".join([password, *p.secrets]).encode()).hexdigest())
         if self._verified.get(key, 0) > time.monotonic():
             return p
         if any(verify_password(s, password) for s in p.secrets):
