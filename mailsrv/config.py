@@ -93,10 +93,50 @@ class TargetConfig(BaseModel):
     keep: KeepPolicy = Field(default_factory=KeepPolicy)
 
 
+HookJob = Literal["run", "check", "drill"]
+HOOK_JOBS: tuple[HookJob, ...] = ("run", "check", "drill")
+
+
+class HookConfig(_Section):
+    """One ``[[schedule.hooks]]`` item: commands and/or HTTP pings on start, success and failure of jobs."""
+
+    name: str = ""  # shown in log lines; default: hook N
+    jobs: list[HookJob] = Field(default_factory=lambda: list(HOOK_JOBS))
+    ping_url: str = ""  # healthchecks-style: <url>/start, <url>, <url>/fail
+    ping_url_file: str = ""  # the same, read from a file (a ping URL is a secret)
+    on_start_url: str = ""  # explicit URLs win over ping_url for their event
+    on_success_url: str = ""
+    on_failure_url: str = ""
+    on_start: list[str] = Field(default_factory=list)  # a command (argv, no shell)
+    on_success: list[str] = Field(default_factory=list)
+    on_failure: list[str] = Field(default_factory=list)
+    timeout: float = Field(default=10.0, gt=0, le=3600)
+
+    @field_validator("ping_url", "on_start_url", "on_success_url", "on_failure_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+
 class ScheduleConfig(_Section):
-    run: str = "45 2 * * *"
+    run: str = "45 2 * * *"  # cron; "" disables the job in `mail-backup schedule`
     check: str = "0 4 * * 0"
     drill: str = "30 4 * * 0"
+    timezone: str = ""  # IANA name for the cron times; default: the system's local time
+    jitter: float = Field(default=0.0, ge=0, le=86400)  # up to this many seconds of random delay per start
+    misfire_grace: float = Field(default=7 * 86400.0, gt=0)  # a start missed by less than this runs once at start-up
+    lock_wait: float = Field(default=4 * 3600.0, ge=0)  # how long a job waits for another one to finish
+    check_read_data: float = Field(default=0.0, ge=0, le=100)  # percent of pack data the weekly check reads
+    drill_accounts: int = Field(default=3, ge=1, le=100_000)  # accounts sampled per target
+    drill_messages: int = Field(default=20, ge=0, le=100_000)  # messages sampled per account
+    drill_dir: str = ""  # scratch directory of the drill; default: the system's temp dir
+    hooks: list[HookConfig] = Field(default_factory=list)
+
+
+ExporterSource = Literal["mailserver", "queue", "backups", "tls"]
+EXPORTER_SOURCES: tuple[ExporterSource, ...] = ("mailserver", "queue", "backups", "tls")
 
 
 class ExporterProbeConfig(_Section):
@@ -124,18 +164,16 @@ class ExporterConfig(_Section):
     tls_key_file: str = ""
     auth_user: str = ""  # require HTTP Basic auth on /metrics when set
     auth_password_file: str = ""  # or $MAILSIDECAR_EXPORTER_PASSWORD
-    sources: list[Literal["mailserver", "queue", "backups", "tls"]] = Field(
-        default_factory=lambda: ["mailserver", "queue", "backups", "tls"]
-    )
+    sources: list[ExporterSource] = Field(default_factory=lambda: list(EXPORTER_SOURCES))
     tls_endpoints: list[str] = Field(default_factory=list)  # smtp://host:25, smtps://host:465, imaps://…, https://…
     stalwart_metric_names: Literal["auto", "0.16.12", "0.16.0"] = "auto"  # stalwart-0.16 only
     queue_top_domains: int = Field(default=10, ge=0, le=1000)
-    queue_page_size: int = Field(default=1000, ge=1, le=100_000)
+    queue_page_size: int = Field(default=5000, ge=1, le=100_000)
     queue_max_messages: int = Field(default=1_000_000, ge=1)
     mailserver_interval: float = Field(default=15.0, gt=0)
     mailserver_timeout: float = Field(default=10.0, gt=0)
     queue_interval: float = Field(default=60.0, gt=0)
-    queue_timeout: float = Field(default=120.0, gt=0)
+    queue_timeout: float = Field(default=300.0, gt=0)
     backups_interval: float = Field(default=30.0, gt=0)
     backups_timeout: float = Field(default=10.0, gt=0)
     tls_interval: float = Field(default=600.0, gt=0)
@@ -276,10 +314,34 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
     return cfg
 
 
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+_CREDENTIAL_PREFIXES = ("%d/", "$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/")
+
+
+def expand_credentials(path: str, what: str) -> str:
+    """``%d/NAME`` (or ``$CREDENTIALS_DIRECTORY/NAME``) → the file systemd's ``LoadCredential=NAME:…`` made for this unit.
+
+    One config file then serves every unit, each reading its own copy in ``/run/credentials/<unit>/``.
+    Outside systemd, set ``$CREDENTIALS_DIRECTORY`` to the directory holding the secret files.
+    """
+    prefix = next((p for p in _CREDENTIAL_PREFIXES if path.startswith(p)), None)
+    if prefix is None:
+        return path
+    base = os.environ.get(CREDENTIALS_ENV)
+    if not base:
+        raise ConfigError(f"{what}: {path} names a systemd credential, but ${CREDENTIALS_ENV} is not set "
+                          "(run under the unit with LoadCredential=, or set it to the directory holding the secrets)")
+    name = path[len(prefix):]
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"{what}: {path}: expected {prefix}NAME with a plain credential name")
+    return str(Path(base) / name)
+
+
 def read_secret(file_value: str, env_name: str, what: str, *, required: bool = True) -> str | None:
     """Return a secret from the environment variable ``env_name`` or the file named by a ``*_file`` key.
 
-    The environment wins so systemd ``LoadCredential=`` or container secrets can override the file.
+    The environment wins so container secrets can override the file; ``%d/NAME`` reads systemd's
+    ``LoadCredential=NAME`` (:func:`expand_credentials`).
     Trailing newlines in the file are stripped. ``what`` names the key in error messages.
     """
     env = os.environ.get(env_name)
@@ -289,6 +351,7 @@ def read_secret(file_value: str, env_name: str, what: str, *, required: bool = T
         if required:
             raise ConfigError(f"{what}: no secret configured (set {what} to a file, or ${env_name})")
         return None
+    file_value = expand_credentials(file_value, what)
     try:
         secret = Path(file_value).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:

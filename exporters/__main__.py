@@ -1,0 +1,5 @@
+"""``python -m exporters`` = ``mail-exporter``."""
+
+from .cli import main
+
+main()
