@@ -68,8 +68,28 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", metavar="FILE", help="Config file [default: $MAILSIDECAR_CONFIG, else /etc/mailsidecar/config.toml]")
+class UsageExit1Group(click.Group):
+    """A click group whose usage mistakes (unknown option, missing argument) exit 1, as documented."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.exit_code = EXIT_USAGE  # type: ignore[misc]  # a ClassVar since click 8.5; per instance is intended
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.exit_code = EXIT_USAGE  # type: ignore[misc]  # a ClassVar since click 8.5; per instance is intended
+            raise
+
+
+@click.group(cls=UsageExit1Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config", "config_path", metavar="FILE", help="Config file [default: $MAILSIDECAR_CONFIG, else /etc/mailsidecar/config.toml]"
+)
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
     """The embedded mail server of mailsidecar: SMTP, JMAP, Stalwart's management API and metrics."""
