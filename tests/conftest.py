@@ -122,7 +122,7 @@ class MailsrvProc:
 def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "mailsrv", "--config", str(config), "serve"],
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 - owned by the child
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT,
     )
 
 

@@ -250,7 +250,9 @@ def parse_request(body: bytes, server: MailServer) -> tuple[set[str], list[list[
     return set(using), calls, {str(k): str(v) for k, v in created.items()}
 
 
-def process(server: MailServer, identity: Identity, using: set[str], calls: list[list[Any]], created_ids: dict[str, str]) -> list[list[Any]]:
+def process(
+    server: MailServer, identity: Identity, using: set[str], calls: list[list[Any]], created_ids: dict[str, str]
+) -> list[list[Any]]:
     """Run the method calls in order and return methodResponses (synchronous; run in a worker thread)."""
     responses: list[list[Any]] = []
     for name, args, call_id in calls:
