@@ -32,8 +32,8 @@ STALWART = "urn:stalwart:jmap"
 KNOWN_CAPABILITIES = {CORE, MAIL, SUBMISSION, VACATION, SIEVE, BLOB, QUOTA, PRINCIPALS, STALWART}
 
 
-class MethodError(Exception):
-    """A JMAP method-level error (RFC 8620 §3.6.2): ``["error", {"type": ...}, callId]``."""
+class _TypedError(Exception):
+    """An error that travels in a JMAP response as ``{"type": ..., "description": ..., ...}``."""
 
     def __init__(self, type_: str, description: str | None = None, **extra: Any) -> None:
         super().__init__(description or type_)
@@ -46,6 +46,10 @@ class MethodError(Exception):
         if self.description:
             out["description"] = self.description
         return out
+
+
+class MethodError(_TypedError):
+    """A JMAP method-level error (RFC 8620 §3.6.2): ``["error", {"type": ...}, callId]``."""
 
 
 class RequestError(Exception):
@@ -62,20 +66,8 @@ class RequestError(Exception):
         return {"type": self.type, "status": self.status, "detail": self.detail, **self.extra}
 
 
-class SetError(Exception):
+class SetError(_TypedError):
     """A per-object failure inside /set (RFC 8620 §5.3): goes to notCreated/notUpdated/notDestroyed."""
-
-    def __init__(self, type_: str, description: str | None = None, **extra: Any) -> None:
-        super().__init__(description or type_)
-        self.type = type_
-        self.description = description
-        self.extra = extra
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.type, **self.extra}
-        if self.description:
-            out["description"] = self.description
-        return out
 
 
 Handler = Callable[["Call"], dict[str, Any]]
