@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from mailsrv.client.errors import ConnectError, InsecureUrlError
 from mailsrv.client.jmap import JmapClient
+from mailsrv.client.management import ManagementClient, Stalwart015Management, Stalwart016Management
 from mailsrv.client.profiles import Profile
 from mailsrv.client.transport import BasicAuth, RetryPolicy, Transport
 from mailsrv.config import Config, ConfigError, read_secret, split_listen
@@ -15,7 +16,7 @@ from ..poller import Source
 from .backups import BackupsSource
 from .mailserver import MailserverSource, NameScheme
 from .probe import ProbeSource
-from .queue import PagedQueue015, PagedQueue016, QueueSource
+from .queue import QueueSource
 from .tls import TlsSource, parse_endpoint
 
 log = logging.getLogger("mail_exporter")
@@ -56,15 +57,13 @@ def queue_source(cfg: Config) -> QueueSource | None:
         log.info("source queue off: the generic profile has no management API")
         return None
     admin = Profile(s, cfg.accounts).admin_auth()
-    client: PagedQueue015 | PagedQueue016
+    transport = _transport(cfg, admin, e.queue_timeout)
+    _check_url(transport, s.url, "server.url")
+    client: ManagementClient
     if s.profile == "stalwart-0.16":
-        transport = _transport(cfg, admin, e.queue_timeout)
-        _check_url(transport, s.url, "server.url")
-        client = PagedQueue016(JmapClient(s.url, session_url=s.jmap_session_url, auth=admin, transport=transport))
+        client = Stalwart016Management(JmapClient(s.url, session_url=s.jmap_session_url, auth=admin, transport=transport))
     else:
-        transport = _transport(cfg, admin, e.queue_timeout)
-        _check_url(transport, s.url, "server.url")
-        client = PagedQueue015(s.url, transport)
+        client = Stalwart015Management(s.url, transport)
     return QueueSource(client, interval=e.queue_interval, timeout=e.queue_timeout, page_size=e.queue_page_size,
                        top_domains=e.queue_top_domains, max_messages=e.queue_max_messages)
 

@@ -2,9 +2,9 @@
 
 Works on Stalwart's Community Edition (no ``queue_count`` gauge needed): v0.15 REST
 ``GET /api/queue/messages?values&limit=N&page=P`` (also mailsrv, the ``embedded`` profile) or v0.16
-``x:QueuedMessage/query`` + ``/get``. Pages are parsed with :mod:`mailsrv.client.management` and folded into
-counters one page at a time, so memory stays flat whatever the queue size. Recipient domains are bounded to
-the top N plus ``other``.
+``x:QueuedMessage/query`` + ``/get``, through :meth:`ManagementClient.iter_queue`, which lists each message once.
+Messages are folded into counters as they arrive, so memory stays flat whatever the queue size. Recipient
+domains are bounded to the top N plus ``other``.
 """
 
 from __future__ import annotations
@@ -12,76 +12,17 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from mailsrv.client.calls import Invocation
-from mailsrv.client.errors import AuthError, ConnectError, MailClientError, ProtocolError, UnsupportedCapability
-from mailsrv.client.management import QueuedMessage, Stalwart015Management, Stalwart016Management
-from mailsrv.client.management.stalwart015 import parse_message
-from mailsrv.client.management.stalwart016 import USING, parse_queued
-from mailsrv.client.models import STALWART
+from mailsrv.client.errors import AuthError, ConnectError, MailClientError, UnsupportedCapability
+from mailsrv.client.management import ManagementClient, QueuedMessage
 
 from ..poller import PollResult, SourceError
 
 STATUSES = ("scheduled", "temp_fail", "perm_fail", "completed")
 PENDING = ("scheduled", "temp_fail")
-
-
-class PagedQueue015(Stalwart015Management):
-    """Stalwart 0.15 / mailsrv REST queue, one page at a time; remembers the queue's running flag."""
-
-    running: bool | None = None
-
-    def iter_pages(self, page_size: int) -> Iterator[list[QueuedMessage]]:
-        page = 1
-        while True:
-            data = self._get("/api/queue/messages", f"values&limit={page_size}&page={page}")
-            items = data.get("items") if isinstance(data, dict) else None
-            if not isinstance(items, list):
-                raise ProtocolError("/api/queue/messages: data.items is not a list")
-            if isinstance(data.get("status"), bool):
-                self.running = data["status"]
-            yield [parse_message(i) for i in items if isinstance(i, dict)]
-            total = data.get("total")
-            if len(items) < page_size or (isinstance(total, int) and page * page_size >= total):
-                return
-            page += 1
-
-
-class PagedQueue016(Stalwart016Management):
-    """Stalwart 0.16 ``x:QueuedMessage``: ids from ``/query`` (``page_size`` at a time), objects from ``/get`` in
-    batches of the server's ``maxObjectsInGet``. Querying ids first keeps a listing consistent even though the
-    default sort (next retry) changes as deliveries are retried."""
-
-    running: bool | None = None
-
-    def _call(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        return self.client.request([Invocation(name, args, "c")], USING).args("c")
-
-    def iter_pages(self, page_size: int) -> Iterator[list[QueuedMessage]]:
-        if STALWART not in self.client.session.capabilities:  # server-wide: an admin login may have no account
-            raise UnsupportedCapability(STALWART, None, "no JMAP management API; is [server] profile right?")
-        base = self._account_args()
-        batch = max(1, min(page_size, self.client.limits.max_objects_in_get))
-        position = 0
-        while True:
-            found = self._call("x:QueuedMessage/query", {**base, "position": position, "limit": page_size, "calculateTotal": True})
-            ids = found.get("ids")
-            if not isinstance(ids, list):
-                raise ProtocolError("x:QueuedMessage/query returned no ids")
-            for i in range(0, len(ids), batch):
-                got = self._call("x:QueuedMessage/get", {**base, "ids": ids[i : i + batch]})
-                yield [parse_queued(o) for o in got.get("list") or [] if isinstance(o, dict)]
-            position += len(ids)
-            total = found.get("total")
-            clamped = found.get("limit")
-            limit = clamped if isinstance(clamped, int) else page_size
-            if not ids or (isinstance(total, int) and position >= total) or len(ids) < limit:
-                return
 
 
 def _ts(value: str | None) -> float | None:
@@ -118,13 +59,11 @@ class QueueStats:
     domains: dict[str, Counter[str]] = field(default_factory=dict)  # status -> domain -> pending recipients
     bytes: int = 0
     oldest: float | None = None
-    seen: set[str] = field(default_factory=set)
+    count: int = 0
     truncated: bool = False
 
     def add(self, msg: QueuedMessage) -> None:
-        if msg.id in self.seen:  # the queue moved between pages
-            return
-        self.seen.add(msg.id)
+        self.count += 1
         self.messages[message_status(msg)] += 1
         self.bytes += msg.size
         created = _ts(msg.created)
@@ -155,7 +94,7 @@ class QueueSource:
 
     name = "queue"
 
-    def __init__(self, client: PagedQueue015 | PagedQueue016, *, interval: float, timeout: float, page_size: int,
+    def __init__(self, client: ManagementClient, *, interval: float, timeout: float, page_size: int,
                  top_domains: int, max_messages: int) -> None:
         self.client = client
         self.interval = interval
@@ -167,12 +106,11 @@ class QueueSource:
     def gather(self) -> QueueStats:
         stats = QueueStats()
         try:
-            for page in self.client.iter_pages(self.page_size):
-                for msg in page:
-                    stats.add(msg)
-                if len(stats.seen) >= self.max_messages:
+            for msg in self.client.iter_queue(self.page_size):
+                if stats.count >= self.max_messages:
                     stats.truncated = True
                     break
+                stats.add(msg)
         except AuthError as exc:
             raise SourceError(f"{exc} (check [server] admin_user / admin_password_file)", "auth") from None
         except ConnectError as exc:
@@ -215,7 +153,7 @@ class QueueSource:
                                       "1 if the listing stopped at queue_max_messages (the other queue gauges are partial).",
                                       value=1.0 if stats.truncated else 0.0)
         out: list[Metric] = [msgs, rcpts, size, oldest, domains, truncated]
-        running = getattr(self.client, "running", None)
+        running = self.client.queue_running
         if running is not None:
             out.append(GaugeMetricFamily("mail_queue_running", "1 if the queue is delivering, 0 if an operator paused it.",
                                          value=1.0 if running else 0.0))

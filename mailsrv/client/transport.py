@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import ipaddress
 import json
 import logging
@@ -162,6 +163,7 @@ def problem_of(resp: requests.Response) -> tuple[str, str, str | None]:
     return str(type_), str(detail), limit
 
 
+@functools.lru_cache(maxsize=16)  # loading the system CAs costs ~0.1-0.3 s; one context per ca_file serves every login
 def _tls_context(ca_file: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     if ca_file:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import hmac
 import ipaddress
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +112,7 @@ class MailServer:
         self.tls.load_cert_chain(self.cert_file, self.key_file)
         for domain in cfg.domains:
             self.store.principals.add_domain(domain)
+        self._verified: dict[str, float] = {}  # configured logins checked in the last 5 minutes → until
         self._servers: list[asyncio.base_events.Server] = []
         self._runner: web.AppRunner | None = None
         self.queue: Any = None  # OutboundQueue, set in start()
@@ -127,30 +130,51 @@ class MailServer:
 
     # -- authentication ----------------------------------------------------------------------------
     def check_admin(self, user: str, password: str) -> bool:
-        return bool(self.admin_password) and user == self.cfg.admin_user and hmac.compare_digest(
-            password.encode(), (self.admin_password or "").encode()
-        )
+        return self._configured_login(user, password, self.cfg.admin_user, self.admin_password)[0]
+
+    def _configured_login(self, user: str, password: str, name: str, secret: str | None) -> tuple[bool, bool]:
+        """``(matches, verified now)`` for a login from the config (admin, master user). Matches are cached for
+        5 minutes like account passwords; ``verified now`` is ``False`` only for such a cache hit."""
+        if not secret or not name or user != name:
+            return False, True
+        key = hashlib.sha256("\0".join([user, password, secret]).encode()).hexdigest()
+        now = time.monotonic()
+        if self._verified.get(key, 0) > now:
+            return True, False
+        if not hmac.compare_digest(password.encode(), secret.encode()):
+            return False, True
+        if len(self._verified) > 1000:
+            self._verified = {k: v for k, v in self._verified.items() if v > now}
+        self._verified[key] = now + 300
+        return True, True
 
     def authenticate(self, user: str, password: str) -> Identity | None:
         """Resolve a login (plain, ``<account>%<master>`` or ``<target>%<admin>``) without side effects."""
-        if self.check_admin(user, password):
-            return Identity(None, user, True)
-        p = self.store.principals.authenticate(user, password)
+        return self.login(user, password)[0]
+
+    def login(self, user: str, password: str) -> tuple[Identity | None, bool]:
+        """:meth:`authenticate`, and whether the login was verified now: ``False`` when a successful login was
+        answered from the cache of logins verified in the last 5 minutes (failures are never cached). Callers
+        count ``auth_success`` only for verified logins, as Stalwart does with its credential cache."""
+        ok, fresh = self._configured_login(user, password, self.cfg.admin_user, self.admin_password)
+        if ok:
+            return Identity(None, user, True), fresh
+        p, fresh = self.store.principals.login(user, password)
         if p is not None:
-            return Identity(p.id, p.name, p.is_admin)
+            return Identity(p.id, p.name, p.is_admin), fresh
         if "%" not in user:
-            return None
+            return None, True
         target_name, _, login = user.rpartition("%")
         target = self.store.principals.by_name(target_name)
         if target is None:
-            return None
-        if self.cfg.master_user and login == self.cfg.master_user and self.master_password:
-            if hmac.compare_digest(password.encode(), self.master_password.encode()):
-                return Identity(target.id, target.name, False)  # v0.15: the session is fully the target
-        actor = self.authenticate(login, password) if "%" not in login else None
+            return None, True
+        ok, fresh = self._configured_login(login, password, self.cfg.master_user or "", self.master_password)
+        if ok:
+            return Identity(target.id, target.name, False), fresh  # v0.15: the session is fully the target
+        actor, fresh = self.login(login, password) if "%" not in login else (None, True)
         if actor is not None and actor.is_admin:
-            return Identity(target.id, target.name, False)  # v0.16: impersonation by an admin
-        return None
+            return Identity(target.id, target.name, False), fresh  # v0.16: impersonation by an admin
+        return None, True
 
     # -- delivery ----------------------------------------------------------------------------------
     def deliver_local_sync(

@@ -52,19 +52,25 @@ def peer_ip(request: web.Request) -> str:
 
 
 def authenticate(request: web.Request) -> Identity:
-    """The request's identity from HTTP Basic; raises 401 (and counts failures toward a ban)."""
+    """The request's identity from HTTP Basic; raises 401 (and counts failures toward a ban).
+
+    A failure always counts (``auth_failed``); a success counts (``auth_success``) only when the password was
+    verified, not when the login was answered from the credential cache, as on Stalwart: a client that sends
+    the same credentials with every request is one authentication per cache period, not one per request.
+    """
     server = request.app[SERVER_KEY]
     creds = basic_credentials(request)
     if creds is None:
         raise web.HTTPUnauthorized(headers={"WWW-Authenticate": REALM}, text='{"detail":"authentication required"}',
                                    content_type="application/problem+json")
-    identity = server.authenticate(*creds)
+    identity, verified = server.login(*creds)
     ip = peer_ip(request)
     if identity is None:
         server.guard.failure(ip)
         raise web.HTTPUnauthorized(headers={"WWW-Authenticate": REALM}, text='{"detail":"invalid credentials"}',
                                    content_type="application/problem+json")
-    server.guard.success(ip)
+    if verified:
+        server.guard.success(ip)
     return identity
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -59,17 +60,30 @@ class QueuedMessage:
 
 @runtime_checkable
 class ManagementClient(Protocol):
-    """Account discovery and queue listing for one server dialect."""
+    """Account discovery and queue listing for one server dialect.
+
+    ``queue_running`` is whether the queue was delivering according to the last listing (``None`` when the
+    dialect does not say, or before the first listing).
+    """
 
     dialect: str
     supports_queue: bool
+    queue_running: bool | None
 
     def list_accounts(self) -> list[ManagedAccount]:
         """Every individual account the server (or config) lists, sorted by name."""
         ...
 
+    def iter_queue(self, page_size: int) -> Iterator[QueuedMessage]:
+        """Every queued message once, fetched ``page_size`` at a time; fold them as they come and memory stays
+        flat whatever the queue size. Yields nothing when the dialect has no queue (``supports_queue``).
+
+        The queue moves while it is listed: a message that arrives or leaves meanwhile may be missing.
+        """
+        ...
+
     def list_queue(self) -> list[QueuedMessage]:
-        """Every queued message; raises UnsupportedCapability when the dialect has no queue."""
+        """Every queued message (``list(iter_queue(…))``); raises UnsupportedCapability when the dialect has no queue."""
         ...
 
     def close(self) -> None:

@@ -3,12 +3,14 @@
 Accounts: ``GET /api/principal?types=individual&limit=N&page=P&fields=…`` (always with ``fields``: without it
 Stalwart returns password hashes). A principal's numeric id becomes its JMAP accountId in Stalwart's base32.
 Queue: ``GET /api/queue/messages?values&limit=N&page=P`` with snake_case ``Message`` objects whose recipient
-``status`` is ``"scheduled"`` or ``{"completed"|"temp_fail"|"perm_fail": text}``.
+``status`` is ``"scheduled"`` or ``{"completed"|"temp_fail"|"perm_fail": text}``; pages come in queue-id order
+(Stalwart and mailsrv), so a message never appears twice, and each page says whether the queue is running.
 Answers are ``{"data": …}``; errors ``{"error": kind, …}`` with HTTP 200.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -91,6 +93,7 @@ class Stalwart015Management:
 
     dialect = "stalwart-0.15"
     supports_queue = True
+    queue_running: bool | None = None
 
     def __init__(self, base_url: str, transport: Transport, *, page_size: int = 100) -> None:
         self.base_url = transport.check(base_url.rstrip("/"), "server URL")
@@ -115,25 +118,36 @@ class Stalwart015Management:
             raise ProtocolError(f"{url}: answer without a data member")
         return body["data"]
 
-    def _paged(self, path: str, query: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def _pages(self, path: str, query: str, page_size: int) -> Iterator[dict[str, Any]]:
+        """The ``data`` of each page of a listing, until a short page or ``total`` is reached."""
+        size = max(1, page_size)
         for page in range(1, MAX_PAGES):
-            data = self._get(path, f"{query}&limit={self.page_size}&page={page}")
+            data = self._get(path, f"{query}&limit={size}&page={page}")
             items = data.get("items") if isinstance(data, dict) else None
             if not isinstance(items, list):
                 raise ProtocolError(f"{path}: data.items is not a list")
-            out += [i for i in items if isinstance(i, dict)]
+            yield data
             total = data.get("total")
-            if len(items) < self.page_size or (isinstance(total, int) and len(out) >= total):
-                break
-        return out
+            if len(items) < size or (isinstance(total, int) and page * size >= total):
+                return
+
+    def _paged(self, path: str, query: str) -> list[dict[str, Any]]:
+        return [i for data in self._pages(path, query, self.page_size) for i in data["items"] if isinstance(i, dict)]
 
     def list_accounts(self) -> list[ManagedAccount]:
         items = self._paged("/api/principal", f"types=individual&fields={quote(PRINCIPAL_FIELDS, safe=',')}")
         return sorted((parse_principal(i) for i in items), key=lambda a: a.name)
 
+    def iter_queue(self, page_size: int) -> Iterator[QueuedMessage]:
+        for data in self._pages("/api/queue/messages", "values", page_size):
+            if isinstance(data.get("status"), bool):
+                self.queue_running = data["status"]
+            for item in data["items"]:
+                if isinstance(item, dict):
+                    yield parse_message(item)
+
     def list_queue(self) -> list[QueuedMessage]:
-        return [parse_message(i) for i in self._paged("/api/queue/messages", "values")]
+        return list(self.iter_queue(self.page_size))
 
     def queue_size(self) -> int:
         """The number of queued messages (one cheap request)."""

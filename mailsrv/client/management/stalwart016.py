@@ -2,16 +2,23 @@
 
 Accounts: ``x:Account/query`` (filter ``{"@type": "User"}``) paged, with ``x:Account/get`` back-referenced in
 the same request. An account's ``emailAddress`` (``name@domain``) is its login name in 0.16.
-Queue: ``x:QueuedMessage/query`` + ``/get``; recipients are a map address → ``QueuedRecipient`` whose
-``status`` is ``{"@type": "Scheduled" | "Completed" | "TemporaryFailure" | "PermanentFailure", …}``.
+Queue: ``x:QueuedMessage/query`` for ids, then ``/get`` of those ids in batches of ``maxObjectsInGet``;
+recipients are a map address → ``QueuedRecipient`` whose ``status`` is ``{"@type": "Scheduled" | "Completed"
+| "TemporaryFailure" | "PermanentFailure", …}``. Stalwart sorts the queue only by next retry, and a retry moves
+a message, so pages follow the last id seen (``anchor``, ``anchorOffset`` 1) instead of a position, and ids
+already listed are skipped.
+
+Management access is checked against the server's capabilities: an administrator login (mailsrv's configured
+admin, a Stalwart recovery admin) may have no account at all in its session.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..calls import Invocation, ref
-from ..errors import ProtocolError, UnsupportedCapability
+from ..errors import JmapMethodError, ProtocolError, UnsupportedCapability, method_error
 from ..models import CORE, MAIL, STALWART
 from .base import ManagedAccount, QueuedMessage, QueuedRecipient
 
@@ -20,6 +27,7 @@ if TYPE_CHECKING:
 
 USING = (CORE, STALWART)
 ACCOUNT_PROPERTIES = ["id", "name", "emailAddress", "description", "quotas", "usedDiskQuota"]
+QUEUED_PROPERTIES = ["id", "returnPath", "size", "createdAt", "nextRetry", "priority", "envId", "blobId", "recipients"]
 STATUS = {"Scheduled": "scheduled", "Completed": "completed", "TemporaryFailure": "temp_fail", "PermanentFailure": "perm_fail"}
 MAX_PAGES = 100_000
 
@@ -83,6 +91,7 @@ class Stalwart016Management:
 
     dialect = "stalwart-0.16"
     supports_queue = True
+    queue_running: bool | None = None  # the 0.16 listing does not say
 
     def __init__(self, client: JmapClient, *, page_size: int | None = None) -> None:
         self.client = client
@@ -94,10 +103,14 @@ class Stalwart016Management:
         aid = session.primary_accounts.get(STALWART) or session.primary_accounts.get(MAIL) or next(iter(session.accounts), None)
         return {"accountId": aid} if aid else {}
 
-    def _query_get(self, type_name: str, filter: dict[str, Any] | None, properties: list[str] | None) -> list[dict[str, Any]]:
-        """All objects of ``x:<type>``: /query pages with /get back-referenced in the same request."""
+    def _require_management(self) -> None:
+        """Server-wide check: the login's session may list no account (a configured or recovery admin)."""
         if STALWART not in self.client.session.capabilities:
             raise UnsupportedCapability(STALWART, None, f"{self.client.transport.who()} has no JMAP management access")
+
+    def _query_get(self, type_name: str, filter: dict[str, Any] | None, properties: list[str] | None) -> list[dict[str, Any]]:
+        """All objects of ``x:<type>``: /query pages with /get back-referenced in the same request."""
+        self._require_management()
         base = self._account_args()
         page = self.page_size or max(1, self.client.limits.max_objects_in_get)
         out: list[dict[str, Any]] = []
@@ -124,8 +137,78 @@ class Stalwart016Management:
         objs = self._query_get("Account", {"@type": "User"}, ACCOUNT_PROPERTIES)
         return sorted((parse_account(o) for o in objs if o.get("@type", "User") == "User"), key=lambda a: a.name)
 
+    def _queue_ids(self, base: dict[str, Any], page_size: int) -> Iterator[list[str]]:
+        """Pages of queued ids from ``x:QueuedMessage/query``: the first by position, each next one right after
+        the last id of the page before (``anchor``). When that message has left the queue meanwhile, the ids
+        before it are tried (one request), and only when all of them are gone the page is asked for by position."""
+        position, page = 0, None
+        for _ in range(MAX_PAGES):
+            query: dict[str, Any] = {**base, "limit": page_size, "calculateTotal": True}
+            found = self._after(query, page) if page else None
+            if found is None:
+                found = self._call("x:QueuedMessage/query", {**query, "position": position})
+            ids = found.get("ids")
+            if not isinstance(ids, list):
+                raise ProtocolError("x:QueuedMessage/query returned no ids")
+            ids = [i for i in ids if isinstance(i, str)]
+            if ids:
+                yield ids
+            start = found.get("position")
+            position = (start if isinstance(start, int) else position) + len(ids)
+            total, clamped = found.get("total"), found.get("limit")
+            if not ids or (page and ids[-1] == page[-1]):
+                return
+            if isinstance(total, int) and not isinstance(total, bool):
+                if position >= total:
+                    return
+            elif len(ids) < min(page_size, clamped if isinstance(clamped, int) else page_size):
+                return
+            page = ids
+
+    def _after(self, query: dict[str, Any], page: list[str]) -> dict[str, Any] | None:
+        """The /query answer for the ids after ``page``, anchored on its last id still in the queue (None: all gone)."""
+        try:
+            return self._call("x:QueuedMessage/query", {**query, "anchor": page[-1], "anchorOffset": 1})
+        except JmapMethodError as exc:
+            if exc.type != "anchorNotFound":
+                raise
+        fallbacks = page[-2 : -2 - min(8, self.client.limits.max_calls_in_request) : -1]  # the ids before, newest first
+        if not fallbacks:
+            return None
+        calls = [Invocation("x:QueuedMessage/query", {**query, "anchor": a, "anchorOffset": 1}, f"q{n}") for n, a in enumerate(fallbacks)]
+        resp = self.client.request(calls, USING, raise_errors=False)
+        for call in calls:
+            answer = resp.get(call.id)
+            if answer.name != "error":
+                return answer.args
+            if answer.args.get("type") != "anchorNotFound":
+                raise method_error(str(answer.args.get("type", "serverFail")), call.name, call.id, answer.args)
+        return None
+
+    def _call(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        return self.client.request([Invocation(name, args, "c")], USING).args("c")
+
+    def iter_queue(self, page_size: int) -> Iterator[QueuedMessage]:
+        self._require_management()
+        base = self._account_args()
+        limits = self.client.limits
+        batch, calls = max(1, limits.max_objects_in_get), max(1, limits.max_calls_in_request)
+        seen: set[str] = set()  # a retry moves a message to a later page: list it once
+        for page in self._queue_ids(base, max(1, page_size)):
+            fresh = [i for i in dict.fromkeys(page) if i not in seen]
+            seen.update(fresh)
+            for start in range(0, len(fresh), batch * calls):  # several /get calls per request
+                chunk = fresh[start : start + batch * calls]
+                gets = [Invocation("x:QueuedMessage/get", {**base, "ids": chunk[i : i + batch], "properties": QUEUED_PROPERTIES},
+                                   f"g{i}") for i in range(0, len(chunk), batch)]
+                resp = self.client.request(gets, USING)
+                for get in gets:
+                    for obj in resp.args(get.id).get("list") or []:
+                        if isinstance(obj, dict):
+                            yield parse_queued(obj)
+
     def list_queue(self) -> list[QueuedMessage]:
-        return [parse_queued(o) for o in self._query_get("QueuedMessage", None, None)]
+        return list(self.iter_queue(self.page_size or self.client.limits.max_objects_in_get))
 
     def close(self) -> None:
         self.client.close()

@@ -23,7 +23,7 @@ from aiohttp import web
 from ..http import SERVER_KEY, require_admin
 from . import queue
 from .directory import ALL_TYPES, Directory
-from .envelope import BadRequest, ManageError, NotFound, data, int_param, json_body, page_slice, problem
+from .envelope import BadRequest, ManageError, NotFound, data, int_param, json_body, problem
 
 if TYPE_CHECKING:
     from ..app import MailServer
@@ -137,26 +137,13 @@ async def list_queue(request: web.Request) -> web.Response:
     q = request.query
     page, limit, max_total = int_param(request, "page"), int_param(request, "limit"), int_param(request, "max-total")
     before, after = _future(request, "before"), _future(request, "after")
+    due = [("<", before)] if before is not None else []
+    due += [(">", after)] if after is not None else []
+    text = q.get("text")  # Stalwart: text replaces from/to
+    flt = queue.Filter(text=text, from_=None if text else q.get("from"), to=None if text else q.get("to"), due=due,
+                       nothing=q.get("queue") not in (None, "", queue.QUEUE_NAME))
     db = _server(request).store.db
-
-    def run() -> dict[str, object]:
-        found = []
-        for msg in queue.load(db):
-            nxt = msg.next_event()
-            if (
-                msg.matches(q.get("text"), q.get("from"), q.get("to"))
-                and (before is None or (nxt is not None and nxt < before))
-                and (after is None or (nxt is not None and nxt > after))
-                and q.get("queue") in (None, "", queue.QUEUE_NAME)
-            ):
-                found.append(msg)
-                if max_total and len(found) >= max_total:
-                    break
-        shown = page_slice(found, page, limit)
-        items = [queue.v015(m) for m in shown] if "values" in q else [m.id for m in shown]
-        return {"items": items, "total": len(found), "status": queue.is_running(db)}
-
-    return data(await asyncio.to_thread(run))
+    return data(await asyncio.to_thread(queue.list_v015, db, flt, page, limit, max_total, "values" in q))
 
 
 @managed

@@ -30,13 +30,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import operator
 from collections.abc import Callable
 from typing import Any
 
 from ..api import queue as queue_view
 from ..api.directory import domain_id, words
-from ..store.ids import jmap_id
+from ..store.ids import jmap_id, parse_id
 from .core import STALWART, Call, MethodError, check_properties, filter_properties, get_ids_limit, method
 
 ACCOUNT_TYPES = {"individual": "User", "group": "Group"}
@@ -52,10 +51,7 @@ QUEUED_PROPERTIES = frozenset({
     "priority", "size",
 })
 _OPS = ("GreaterThanOrEqual", "GreaterThan", "LessThanOrEqual", "LessThan")
-_COMPARE: dict[str, Callable[[int, int], bool]] = {
-    "Equal": operator.eq, "GreaterThan": operator.gt, "GreaterThanOrEqual": operator.ge,
-    "LessThan": operator.lt, "LessThanOrEqual": operator.le,
-}
+_SQL_OPS = {"Equal": "=", "GreaterThan": ">", "GreaterThanOrEqual": ">=", "LessThan": "<", "LessThanOrEqual": "<="}
 
 
 def _ts(value: float) -> str:
@@ -130,18 +126,6 @@ def _domains(call: Call) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _queued(call: Call) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for msg in queue_view.load(call.store.db):
-        qid = jmap_id(msg.id)
-        obj = queue_view.v016(msg, qid)
-        nxt = msg.next_event()
-        obj["_sort"] = {"due": nxt if nxt is not None else float("inf"), "id": msg.id}
-        obj["_match"] = msg
-        out[qid] = obj
-    return out
-
-
 def _public(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if not k.startswith("_")}
 
@@ -188,35 +172,30 @@ def _match_directory(call: Call, obj: dict[str, Any], conds: list[tuple[str, str
     return True
 
 
-def _match_queued(call: Call, obj: dict[str, Any], conds: list[tuple[str, str, Any]]) -> bool:
-    msg: queue_view.QueuedMessage = obj["_match"]
+def _queued_filter(call: Call, conds: list[tuple[str, str, Any]]) -> queue_view.Filter:
+    """The SQL filter of ``x:QueuedMessage/query`` conditions (all of them must hold)."""
+    flt = queue_view.Filter(whole_seconds=True)
     for prop, op, value in conds:
         if not isinstance(value, str):
             raise _unsupported_filter(call, prop)
         if prop == "due":
             ts = queue_view.parse_rfc3339(value)
-            due = msg.next_event()
             if ts is None:
                 raise _unsupported_filter(call, prop)
-            if due is None or not _COMPARE[op](int(due), int(ts)):
-                return False
+            flt.due.append((_SQL_OPS[op], ts))
         elif op != "Equal":
             raise _unsupported_filter(call, prop)
         elif prop == "text":
-            if not msg.matches(text=value):
-                return False
+            flt.text = value
         elif prop == "returnPath":
-            if value not in msg.return_path:
-                return False
+            flt.from_ = value
         elif prop == "to":
-            if not msg.matches(to=value):
-                return False
+            flt.to = value
         elif prop == "queueName":
-            if value != queue_view.QUEUE_NAME:
-                return False
+            flt.nothing = flt.nothing or value != queue_view.QUEUE_NAME
         else:
             raise _unsupported_filter(call, prop)
-    return True
+    return flt
 
 
 # -- generic /get and /query -----------------------------------------------------------------------
@@ -232,9 +211,8 @@ def _get(call: Call, objects: dict[str, dict[str, Any]], known: frozenset[str]) 
             "notFound": [i for i in ids if i not in objects]}
 
 
-def _query(call: Call, objects: dict[str, dict[str, Any]], match: Callable[[dict[str, Any]], bool],
-           sortable: set[str], default_sort: str) -> dict[str, Any]:
-    account_id = _admin(call)
+def _sort(call: Call, sortable: set[str], default_sort: str) -> tuple[str, bool]:
+    """The sort property and direction of a /query (only the first Comparator counts)."""
     sort = call.args.get("sort") or [{"property": default_sort}]
     if not isinstance(sort, list) or not all(isinstance(s, dict) for s in sort):
         raise MethodError("invalidArguments", "'sort' must be a list of Comparator objects")
@@ -244,14 +222,36 @@ def _query(call: Call, objects: dict[str, dict[str, Any]], match: Callable[[dict
         if key not in sortable:
             call.server.metrics.inc("jmap_unsupported_sort")
             raise MethodError("unsupportedSort", f"Property {key} is not supported for sorting")
+    return key, ascending
+
+
+def _limit(call: Call) -> int:
+    limit = call.arg("limit", int, call.limits.max_query_results)
+    if limit < 0:
+        raise MethodError("invalidArguments", "'limit' must not be negative")
+    return min(limit, call.limits.max_query_results)
+
+
+def _query_response(call: Call, account_id: str | None, query_state: str, position: int, ids: list[str],
+                    total: int | None, limit: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"accountId": account_id, "queryState": query_state, "canCalculateChanges": False,
+                           "position": position, "ids": ids}
+    if call.arg("calculateTotal", bool, False):
+        out["total"] = total
+    if call.args.get("limit") is not None and limit < call.args["limit"]:
+        out["limit"] = limit
+    return out
+
+
+def _query(call: Call, objects: dict[str, dict[str, Any]], match: Callable[[dict[str, Any]], bool],
+           sortable: set[str], default_sort: str) -> dict[str, Any]:
+    account_id = _admin(call)
+    key, ascending = _sort(call, sortable, default_sort)
     hits = sorted((o for o in objects.values() if match(o)), key=lambda o: (o["_sort"][key], o["_sort"]["id"]),
                   reverse=not ascending)
     ids = [o["id"] for o in hits]
     position = call.arg("position", int, 0)
-    limit = call.arg("limit", int, call.limits.max_query_results)
-    if limit < 0:
-        raise MethodError("invalidArguments", "'limit' must not be negative")
-    limit = min(limit, call.limits.max_query_results)
+    limit = _limit(call)
     anchor = call.arg("anchor", str)
     if anchor is not None:
         if anchor not in ids:
@@ -259,13 +259,8 @@ def _query(call: Call, objects: dict[str, dict[str, Any]], match: Callable[[dict
         position = max(ids.index(anchor) + call.arg("anchorOffset", int, 0), 0)
     elif position < 0:
         position = max(len(ids) + position, 0)
-    out: dict[str, Any] = {"accountId": account_id, "queryState": _state([{"ids": ids}]), "canCalculateChanges": False,
-                           "position": position, "ids": ids[position : position + limit]}
-    if call.arg("calculateTotal", bool, False):
-        out["total"] = len(ids)
-    if call.args.get("limit") is not None and limit < call.args["limit"]:
-        out["limit"] = limit
-    return out
+    return _query_response(call, account_id, _state([{"ids": ids}]), position, ids[position : position + limit],
+                           len(ids), limit)
 
 
 # -- methods ---------------------------------------------------------------------------------------
@@ -298,15 +293,48 @@ def domain_query(call: Call) -> dict[str, Any]:
 
 @method("x:QueuedMessage/get", STALWART)
 def queued_get(call: Call) -> dict[str, Any]:
-    _admin(call)
-    return _get(call, _queued(call), QUEUED_PROPERTIES)
+    """Only the requested messages are read (without ``ids``: the first ``maxObjectsInGet`` by queue id)."""
+    account_id = _admin(call)
+    props = check_properties(call, QUEUED_PROPERTIES)
+    ids = call.ids_arg()
+    get_ids_limit(call, ids)
+    db = call.store.db
+    with db.lock:
+        if ids is None:
+            ids = [jmap_id(i) for i in queue_view.first_ids(db, call.limits.max_objects_in_get)]
+        wanted = sorted({n for n in map(parse_id, ids) if n is not None})
+        msgs = {jmap_id(m.id): m for m in queue_view.load(db, wanted)}
+        state = queue_view.state(db)
+    return {"accountId": account_id, "state": state,
+            "list": [filter_properties(queue_view.v016(msgs[i], i), props) for i in ids if i in msgs],
+            "notFound": [i for i in ids if i not in msgs]}
 
 
 @method("x:QueuedMessage/query", STALWART)
 def queued_query(call: Call) -> dict[str, Any]:
-    _admin(call)
-    conds = _filter_conditions(call)
-    return _query(call, _queued(call), lambda o: _match_queued(call, o, conds), {"due"}, "due")
+    """Filtered, sorted and paged in SQL; ``total`` is counted only when asked for (or for a negative position)."""
+    account_id = _admin(call)
+    flt = _queued_filter(call, _filter_conditions(call))
+    _, ascending = _sort(call, {"due"}, "due")
+    position = call.arg("position", int, 0)
+    limit = _limit(call)
+    anchor = call.arg("anchor", str)
+    db = call.store.db
+    anchor_offset = call.arg("anchorOffset", int, 0)
+    with db.lock:  # count, anchor and page from one snapshot
+        total = queue_view.count(db, flt) if call.arg("calculateTotal", bool, False) or position < 0 else None
+        if anchor is None and position < 0:
+            assert total is not None
+            position = max(total + position, 0)
+        qid = parse_id(anchor) if anchor is not None else None
+        if anchor is not None and qid is None:
+            raise MethodError("anchorNotFound")
+        found = queue_view.due_page(db, flt, position, limit, ascending, qid, anchor_offset)
+        if found is None:
+            raise MethodError("anchorNotFound")
+        state = queue_view.state(db)
+    position, ids = found
+    return _query_response(call, account_id, state, position, [jmap_id(i) for i in ids], total, limit)
 
 
 __all__ = ["account_get", "account_query", "domain_get", "domain_query", "queued_get", "queued_query"]

@@ -163,6 +163,10 @@ CREATE TABLE IF NOT EXISTS queue_recipients(
   PRIMARY KEY(queue_id, address)
 );
 CREATE INDEX IF NOT EXISTS queue_due ON queue_recipients(status, next_retry);
+-- queue listing: a message's next attempt (covering), and pending recipients by time (0.16 order by due)
+CREATE INDEX IF NOT EXISTS queue_recipients_pending ON queue_recipients(queue_id, status, next_retry);
+CREATE INDEX IF NOT EXISTS queue_pending_due ON queue_recipients(next_retry, queue_id)
+  WHERE status IN ('scheduled', 'temp_fail');
 
 -- security: IPs banned after repeated authentication failures
 CREATE TABLE IF NOT EXISTS bans(ip TEXT PRIMARY KEY, until REAL NOT NULL, kind TEXT NOT NULL);

@@ -254,17 +254,22 @@ class Principals:
     # -- authentication and delivery lookup --------------------------------------------------------
     def authenticate(self, name: str, password: str) -> Principal | None:
         """The principal whose name or address is ``name`` and whose password matches."""
+        return self.login(name, password)[0]
+
+    def login(self, name: str, password: str) -> tuple[Principal | None, bool]:
+        """:meth:`authenticate`, and whether the answer was worked out now: ``False`` only for a match answered
+        from the cache of passwords verified in the last 5 minutes (failures are never cached)."""
         p = self.by_name(name)
         if p is None or not password:
-            return None
+            return None, True
         # keyed by the stored hashes too, so a password changed by another process (the CLI) takes effect at once
         key = (p.id, hashlib.sha256("\0".join([password, *p.secrets]).encode()).hexdigest())
         if self._verified.get(key, 0) > time.monotonic():
-            return p
+            return p, False
         if any(verify_password(s, password) for s in p.secrets):
             self._verified[key] = time.monotonic() + 300
-            return p
-        return None
+            return p, True
+        return None, True
 
     def resolve_recipient(self, address: str) -> int | None:
         """The account that receives mail for ``address`` (aliases, ``+detail``, catch-all)."""
