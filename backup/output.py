@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
@@ -21,7 +22,7 @@ class Output:
     def __init__(self, as_json: bool = False, quiet: bool = False) -> None:
         self.as_json = as_json
         self.quiet = quiet
-        self.err = Console(stderr=True, highlight=False)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)  # one message = one line in logs
         self.interactive = self.err.is_terminal and not as_json and not quiet
 
     def event(self, event: str, **fields: Any) -> None:
@@ -72,14 +73,27 @@ class ProgressBoard:
             return
         fields: dict[str, Any] = {}
         if nbytes is not None:
-            fields["bytes"] = _size(nbytes)
+            fields["bytes"] = human_bytes(nbytes)
         self._p.update(task, advance=advance, total=total, **fields)
 
 
-def _size(n: int) -> str:
+def human_bytes(n: int) -> str:
+    """``1234567`` → ``1.2 MB`` (decimal units, as restic and the progress bars print them)."""
     value = float(n)
     for unit in ("B", "KB", "MB", "GB"):
         if value < 1000:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{value:.1f} TB"
+
+
+def text_table(rows: Sequence[Sequence[str]], *, right: Sequence[int] = (), indent: str = "") -> list[str]:
+    """Align ``rows`` (the first is the header) in columns measured in terminal cells, so CJK and emoji line up;
+    column numbers in ``right`` are right-aligned."""
+    widths = [max(cell_len(r[i]) for r in rows) for i in range(len(rows[0]))]
+
+    def pad(n: int, cell: str) -> str:
+        gap = " " * (widths[n] - cell_len(cell))
+        return gap + cell if n in right else cell + gap
+
+    return [(indent + "  ".join(pad(n, c) for n, c in enumerate(row))).rstrip() for row in rows]
