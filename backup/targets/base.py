@@ -28,6 +28,10 @@ class SnapshotNotFound(TargetError):
     """No snapshot matches the id, ``latest`` or date given."""
 
 
+class TargetIOError(TargetError):
+    """The target's storage is full or not writable (e.g. a local repository's disk is full)."""
+
+
 @dataclass
 class Snapshot:
     id: str
@@ -51,6 +55,7 @@ class ShipResult:
     bytes_added: int
     files_new: int = 0
     duration: float = 0.0
+    skipped: dict[str, str] = field(default_factory=dict)  # account → why it is not in the snapshot
 
 
 @dataclass
