@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install every test dependency on Debian 12 and run the whole suite, `ruff check .` and
-# `mypy mailsrv exporters backup`. Run as root from anywhere; extra arguments go to pytest:
+# `mypy mailsrv exporters backup dashboards`. Run as root from anywhere; extra arguments go to pytest:
 #   bash scripts/test.sh                  # everything
 #   bash scripts/test.sh -k seed -x       # a subset
 # Environment: VENV (default: <repo>/.venv), PYTHON (interpreter for the venv, >= 3.11),
@@ -11,8 +11,8 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 WORKERS="${PYTEST_WORKERS:-2}"
-# promtool comes with prometheus, mbsync with isync; the Cyrus testbed installs its own packages when started.
-APT_PACKAGES=(python3 python3-venv python3-pip ca-certificates curl openssl prometheus restic isync)
+# promtool comes with prometheus, mbsync with isync, systemd-analyze with systemd; the Cyrus testbed installs its own packages when started.
+APT_PACKAGES=(python3 python3-venv python3-pip ca-certificates curl openssl util-linux systemd prometheus prometheus-alertmanager restic isync)
 
 say() { printf '\n==> %s\n' "$*"; }
 die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
@@ -80,8 +80,8 @@ run_checks() {
   ruff check .; rc=$?
   [ $rc -ne 0 ] && [ $status -eq 0 ] && status=$rc
 
-  say "mypy mailsrv exporters backup"
-  mypy mailsrv exporters backup; rc=$?
+  say "mypy mailsrv exporters backup dashboards"
+  mypy mailsrv exporters backup dashboards; rc=$?
   [ $rc -ne 0 ] && [ $status -eq 0 ] && status=$rc
 
   if [ $status -eq 0 ]; then say "all checks passed"; else say "FAILED (exit $status)"; fi
