@@ -19,6 +19,8 @@ import click
 
 from mailsrv.config import Config, ConfigError, load_config
 
+from .dashboards_render import dashboards
+
 EXIT_OK, EXIT_USAGE, EXIT_CONNECT, EXIT_IO = 0, 1, 2, 7
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("mail_exporter")
@@ -143,3 +145,6 @@ def check(ctx: click.Context, as_json: bool, log_level: str) -> None:
     if failed:
         sys.exit(EXIT_IO)
     sys.exit(EXIT_OK)
+
+
+main.add_command(dashboards)  # `mail-exporter dashboards render`
