@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One command from a fresh Debian 12 machine to a running mailsidecar demo on the embedded mail server:
-# install, configure, start mailsrv, create accounts, fill them with realistic mail, say how to reach it.
+# install, configure, start mailsrv, create accounts and fill them with realistic mail, export every account
+# over JMAP, ship the export to a local restic repository, restore alice from that snapshot into a fresh
+# account (carol) with verification, start mail-exporter and print live lines of its /metrics.
 #   bash scripts/demo.sh           # set up (again) and start; safe to re-run
 #   bash scripts/demo.sh status    # is it running?
-#   bash scripts/demo.sh stop      # stop the demo server (data stays in .demo/)
+#   bash scripts/demo.sh stop      # stop the demo server and exporter (data stays in .demo/)
 # Everything lives in the repository: the virtualenv in .venv/, config, secrets, data and log in .demo/.
 # Environment: DEMO_DIR, VENV, PYTHON (>= 3.11), DEMO_COUNT (messages per account, default 500),
-#   DEMO_HTTP_PORT (8080), DEMO_SMTP_PORT (2525), DEMO_SUBMISSION_PORT (2587), SKIP_APT=1.
+#   DEMO_HTTP_PORT (8080), DEMO_SMTP_PORT (2525), DEMO_SUBMISSION_PORT (2587), DEMO_METRICS_PORT (9925),
+#   SKIP_APT=1.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,19 +19,25 @@ COUNT="${DEMO_COUNT:-500}"
 HTTP_PORT="${DEMO_HTTP_PORT:-8080}"
 SMTP_PORT="${DEMO_SMTP_PORT:-2525}"
 SUBMISSION_PORT="${DEMO_SUBMISSION_PORT:-2587}"
+METRICS_PORT="${DEMO_METRICS_PORT:-9925}"
 ACCOUNTS=(alice bob)
+RESTORE_INTO=carol   # a fresh, empty account that receives alice's mail from the snapshot
 DOMAIN=example.org
 CONFIG="$DEMO_DIR/config.toml"
 PIDFILE="$DEMO_DIR/mailsrv.pid"
 LOG="$DEMO_DIR/mailsrv.log"
-APT_PACKAGES=(python3 python3-venv python3-pip ca-certificates)
+EXPORTER_PIDFILE="$DEMO_DIR/mail-exporter.pid"
+EXPORTER_LOG="$DEMO_DIR/mail-exporter.log"
+APT_PACKAGES=(python3 python3-venv python3-pip ca-certificates restic)
 
-# The main job, in order. Later steps (export → ship → restore → /metrics) are appended here.
-STEPS=(install_system install_project write_config start_mailsrv create_accounts seed_mail)
+# The main job, in order.
+STEPS=(install_system install_project write_config start_mailsrv create_accounts seed_mail
+       export_accounts ship_export restore_account start_exporter show_metrics)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'demo.sh: %s\n' "$*" >&2; exit 1; }
 mailsrv() { "$VENV/bin/mailsrv" --config "$CONFIG" "$@"; }
+mail_backup() { "$VENV/bin/mail-backup" --config "$CONFIG" "$@"; }
 
 # -- steps ------------------------------------------------------------------------------------------
 install_system() {
@@ -77,7 +86,8 @@ secret() {  # secret NAME: create DEMO_DIR/secrets/NAME with a random password o
 write_config() {
   mkdir -p "$DEMO_DIR/secrets" && chmod 700 "$DEMO_DIR/secrets"
   secret admin
-  local a; for a in "${ACCOUNTS[@]}"; do secret "$a"; done
+  secret restic
+  local a; for a in "${ACCOUNTS[@]}" "$RESTORE_INTO"; do secret "$a"; done
   cat > "$CONFIG" <<EOF
 # mailsidecar demo (written by scripts/demo.sh; rewritten on every run)
 [server]
@@ -92,6 +102,19 @@ dir = "$DEMO_DIR/export"
 [state]
 dir = "$DEMO_DIR/state"
 
+[[targets]]
+name = "local"
+type = "restic"
+repository = "$DEMO_DIR/restic"
+password_file = "$DEMO_DIR/secrets/restic"
+init = true
+keep = { daily = 7, weekly = 4, monthly = 12 }
+
+[exporter]
+listen = "127.0.0.1:$METRICS_PORT"
+sources = ["mailserver", "queue", "backups", "tls"]
+tls_endpoints = ["smtp://127.0.0.1:$SUBMISSION_PORT"]
+
 [mailsrv]
 data_dir = "$DEMO_DIR/data"
 hostname = "mail.$DOMAIN"
@@ -104,9 +127,10 @@ admin_password_file = "$DEMO_DIR/secrets/admin"
 EOF
 }
 
-running_pid() {  # the pid of our demo server, if it runs
-  [ -f "$PIDFILE" ] || return 1
-  local pid; pid="$(cat "$PIDFILE")"
+running_pid() {  # running_pid [PIDFILE]: the pid of our demo server (or exporter), if it runs
+  local pidfile="${1:-$PIDFILE}"
+  [ -f "$pidfile" ] || return 1
+  local pid; pid="$(cat "$pidfile")"
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$CONFIG" || return 1
   echo "$pid"
 }
@@ -146,7 +170,7 @@ start_mailsrv() {
 create_accounts() {
   local existing a
   existing="$(mailsrv account list --json)"
-  for a in "${ACCOUNTS[@]}"; do
+  for a in "${ACCOUNTS[@]}" "$RESTORE_INTO"; do
     grep -q "\"name\": \"$a\"" <<<"$existing" && continue
     mailsrv account add "$a" --password-file "$DEMO_DIR/secrets/$a"
   done
@@ -162,6 +186,65 @@ seed_mail() {
   done
 }
 
+export_accounts() {
+  say "mail-backup export: every account over JMAP into $DEMO_DIR/export"
+  mail_backup export
+}
+
+ship_export() {
+  say "mail-backup ship: the export as a snapshot in the local restic repository $DEMO_DIR/restic"
+  mail_backup ship
+  mail_backup snapshots --target local
+}
+
+restore_account() {
+  say "mail-backup restore: alice from the newest snapshot into the fresh account $RESTORE_INTO (a rerun adds no duplicates)"
+  mail_backup restore --account alice --target local --snapshot latest --into "$RESTORE_INTO" --objects mail,sieve,vacation
+}
+
+stop_exporter() {
+  local pid
+  if pid="$(running_pid "$EXPORTER_PIDFILE")"; then
+    kill -TERM "$pid"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  fi
+  rm -f "$EXPORTER_PIDFILE"
+}
+
+start_exporter() {
+  stop_exporter
+  port_busy "$METRICS_PORT" && die "port $METRICS_PORT on 127.0.0.1 is in use; pick another with DEMO_METRICS_PORT"
+  say "starting mail-exporter on 127.0.0.1:$METRICS_PORT (log: $EXPORTER_LOG)"
+  setsid nohup "$VENV/bin/mail-exporter" --config "$CONFIG" serve >> "$EXPORTER_LOG" 2>&1 < /dev/null &
+  echo $! > "$EXPORTER_PIDFILE"
+  for _ in $(seq 300); do
+    if "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$METRICS_PORT/healthz', timeout=1)" 2>/dev/null; then
+      return
+    fi
+    running_pid "$EXPORTER_PIDFILE" >/dev/null || { tail -n 20 "$EXPORTER_LOG" >&2; die "mail-exporter exited; see $EXPORTER_LOG"; }
+    sleep 0.1
+  done
+  die "mail-exporter did not answer within 30 s; see $EXPORTER_LOG"
+}
+
+show_metrics() {
+  say "a few live lines of http://127.0.0.1:$METRICS_PORT/metrics"
+  "$VENV/bin/python" - "$METRICS_PORT" <<'PY'
+import sys, time, urllib.request
+wanted = ("mail_exporter_source_up", "mail_auth_attempts_total", "mail_queue_messages", "mail_backup_last_success_timestamp_seconds",
+          "mail_backup_last_messages", "mail_backup_snapshots", "mail_tls_certificate_expiry_timestamp_seconds")
+url = f"http://127.0.0.1:{sys.argv[1]}/metrics"
+for _ in range(50):  # the first background polls finish within a few seconds of start-up
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    if 'source="backups"} 1' in text and 'source="mailserver"} 1' in text:
+        break
+    time.sleep(0.2)
+lines = [line for line in text.splitlines() if line.startswith(wanted)]
+print("\n".join(lines[:24]) or text[:2000])
+PY
+}
+
 summary() {
   local d="${DEMO_DIR#"$PWD"/}" v="${VENV#"$PWD"/}" a
   cat <<EOF
@@ -170,7 +253,10 @@ mailsidecar demo is running: mailsrv pid $(running_pid), log $d/mailsrv.log, con
   JMAP session     http://127.0.0.1:$HTTP_PORT/.well-known/jmap
   SMTP (inbound)   127.0.0.1:$SMTP_PORT   mail for @$DOMAIN, no login
   submission       127.0.0.1:$SUBMISSION_PORT   STARTTLS + AUTH; self-signed certificate $d/data/tls/cert.pem
-  metrics          http://127.0.0.1:$HTTP_PORT/metrics/prometheus
+  mail-exporter    http://127.0.0.1:$METRICS_PORT/metrics   pid $(running_pid "$EXPORTER_PIDFILE"), log $d/mail-exporter.log
+  server metrics   http://127.0.0.1:$HTTP_PORT/metrics/prometheus
+  export           $d/export   (mail-backup verify; mail-backup maildir --account alice DEST)
+  restic repo      $d/restic   password in $d/secrets/restic
   management API   http://127.0.0.1:$HTTP_PORT/api   login admin, password in $d/secrets/admin
 EOF
   for a in "${ACCOUNTS[@]}"; do
@@ -181,6 +267,8 @@ EOF
 Try:
   curl -su alice:"\$(cat $d/secrets/alice)" http://127.0.0.1:$HTTP_PORT/jmap/session
   $v/bin/mailsrv --config $d/config.toml account list
+  $v/bin/mail-backup --config $d/config.toml run            # the nightly job: export, ship, prune
+  $v/bin/mail-backup --config $d/config.toml restore --account bob --target local --dry-run
 Stop:   bash scripts/demo.sh stop        (start again: bash scripts/demo.sh)
 EOF
 }
@@ -191,7 +279,7 @@ case "${1:-up}" in
     mkdir -p "$DEMO_DIR"
     for step in "${STEPS[@]}"; do "$step"; done
     summary ;;
-  stop) stop_mailsrv; say "stopped" ;;
+  stop) stop_exporter; stop_mailsrv; say "stopped" ;;
   status)
     if pid="$(running_pid)"; then say "mailsrv is running (pid $pid)"; else say "mailsrv is not running"; exit 3; fi ;;
   -h|--help|help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
