@@ -135,18 +135,33 @@ running_pid() {  # running_pid [PIDFILE]: the pid of our demo server (or exporte
   echo "$pid"
 }
 
-stop_mailsrv() {
+stop_daemon() {  # stop_daemon NAME PIDFILE
   local pid
-  if pid="$(running_pid)"; then
-    say "stopping mailsrv (pid $pid)"
+  if pid="$(running_pid "$2")"; then
+    say "stopping $1 (pid $pid)"
     kill -TERM "$pid"
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
   fi
-  rm -f "$PIDFILE"
+  rm -f "$2"
+}
+
+start_daemon() {  # start_daemon NAME PIDFILE LOG READY_URL: start `NAME --config CONFIG serve`, wait until READY_URL answers
+  local name="$1" pidfile="$2" log="$3" url="$4"
+  say "starting $name (log: $log)"
+  setsid nohup "$VENV/bin/$name" --config "$CONFIG" serve >> "$log" 2>&1 < /dev/null &
+  echo $! > "$pidfile"
+  for _ in $(seq 300); do
+    "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('$url', timeout=1)" 2>/dev/null && return
+    running_pid "$pidfile" >/dev/null || { tail -n 20 "$log" >&2; die "$name exited; see $log"; }
+    sleep 0.1
+  done
+  die "$name did not answer $url within 30 s; see $log"
 }
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+stop_mailsrv() { stop_daemon mailsrv "$PIDFILE"; }
 
 start_mailsrv() {
   stop_mailsrv  # a re-run restarts the server so it runs the current code and config
@@ -154,17 +169,7 @@ start_mailsrv() {
   for port in "$HTTP_PORT" "$SMTP_PORT" "$SUBMISSION_PORT"; do
     port_busy "$port" && die "port $port on 127.0.0.1 is in use; pick others with DEMO_HTTP_PORT, DEMO_SMTP_PORT, DEMO_SUBMISSION_PORT"
   done
-  say "starting mailsrv (log: $LOG)"
-  setsid nohup "$VENV/bin/mailsrv" --config "$CONFIG" serve >> "$LOG" 2>&1 < /dev/null &
-  echo $! > "$PIDFILE"
-  for _ in $(seq 300); do
-    if "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$HTTP_PORT/healthz/ready', timeout=1)" 2>/dev/null; then
-      return
-    fi
-    running_pid >/dev/null || { tail -n 20 "$LOG" >&2; die "mailsrv exited; see $LOG"; }
-    sleep 0.1
-  done
-  die "mailsrv did not become ready within 30 s; see $LOG"
+  start_daemon mailsrv "$PIDFILE" "$LOG" "http://127.0.0.1:$HTTP_PORT/healthz/ready"
 }
 
 create_accounts() {
@@ -202,30 +207,12 @@ restore_account() {
   mail_backup restore --account alice --target local --snapshot latest --into "$RESTORE_INTO" --objects mail,sieve,vacation
 }
 
-stop_exporter() {
-  local pid
-  if pid="$(running_pid "$EXPORTER_PIDFILE")"; then
-    kill -TERM "$pid"
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-  fi
-  rm -f "$EXPORTER_PIDFILE"
-}
+stop_exporter() { stop_daemon mail-exporter "$EXPORTER_PIDFILE"; }
 
 start_exporter() {
   stop_exporter
   port_busy "$METRICS_PORT" && die "port $METRICS_PORT on 127.0.0.1 is in use; pick another with DEMO_METRICS_PORT"
-  say "starting mail-exporter on 127.0.0.1:$METRICS_PORT (log: $EXPORTER_LOG)"
-  setsid nohup "$VENV/bin/mail-exporter" --config "$CONFIG" serve >> "$EXPORTER_LOG" 2>&1 < /dev/null &
-  echo $! > "$EXPORTER_PIDFILE"
-  for _ in $(seq 300); do
-    if "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$METRICS_PORT/healthz', timeout=1)" 2>/dev/null; then
-      return
-    fi
-    running_pid "$EXPORTER_PIDFILE" >/dev/null || { tail -n 20 "$EXPORTER_LOG" >&2; die "mail-exporter exited; see $EXPORTER_LOG"; }
-    sleep 0.1
-  done
-  die "mail-exporter did not answer within 30 s; see $EXPORTER_LOG"
+  start_daemon mail-exporter "$EXPORTER_PIDFILE" "$EXPORTER_LOG" "http://127.0.0.1:$METRICS_PORT/healthz"
 }
 
 show_metrics() {
