@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from mailsrv import __version__
 from mailsrv.config import ConfigError, HookConfig, read_secret
 
 log = logging.getLogger(__name__)
@@ -171,21 +172,13 @@ class Hooks:
         started = time.monotonic()
         try:
             r = requests.post(url, data=json.dumps(payload), timeout=(hook.cfg.timeout, hook.cfg.timeout),
-                              headers={"Content-Type": "application/json", "User-Agent": f"mail-backup/{_version()}"})
+                              headers={"Content-Type": "application/json", "User-Agent": f"mail-backup/{__version__}"})
             ok = r.status_code < 400
             detail = f"{where(url)} HTTP {r.status_code}"
         except requests.RequestException as exc:
             ok, detail = False, f"{where(url)}: {type(exc).__name__}"
         self._record(calls, lock, HookCall(hook.label, "ping", ok, detail, time.monotonic() - started))
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mailsidecar")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -27,6 +27,7 @@ from backup.exportdir import EmailRecord, ExportDir, load_manifest
 from backup.exportdir.account import AccountReader
 from backup.output import Output
 from backup.state import StateDir
+from mailsrv import __version__
 from mailsrv.client import BasicAuth, EmailImport, Invocation, JmapClient
 from mailsrv.client.models import Identity, VacationResponse
 from mailsrv.config import Config, load_config
@@ -314,6 +315,7 @@ def test_full_export_equals_fresh_server_reads(seeded: tuple[MailsrvProc, dict[s
     assert m.account.name == alice and m.account.id == "b" and m.account.emails == ["alice@example.org"]
     assert m.run.mode == "full" and m.run.previous is None and m.tool.version
     assert m.server.profile == profile and m.server.url == srv.url and "urn:ietf:params:jmap:mail" in m.server.capabilities
+    assert m.server.version == f"mailsrv/{__version__}"
     assert set(m.states) == {"Email", "Mailbox"} and m.unsupported == {} and m.errors == []
     assert set(m.files) == {"emails", "mailboxes", "identities", "sieve", "vacation", "quota"}
     assert load_manifest(reader.root) == m
@@ -429,6 +431,7 @@ def test_cyrus_generic_full_and_incremental(cyrus: CyrusTestbed, tmp_path: Path)
         m = reader.manifest
         assert m.server.profile == "generic" and m.account.id == "bob"
         assert "sieve" in m.unsupported and "quota" in m.unsupported, m.unsupported  # Cyrus offers neither here
+        assert m.server.version is None or m.server.version.startswith("Cyrus-HTTP/"), m.server.version  # `serverinfo: off` hides it
         assert "files" not in m.files and set(m.files) >= {"emails", "mailboxes", "identities", "vacation"}
         assert records_of(reader)[both].keywords == {"$seen": True, "myflag": True}  # Cyrus lower-cases keywords
 

@@ -75,6 +75,8 @@ class RecordingProxy:
     throttle: Callable[[str], tuple[int, str] | None] | None = None  # path → (status, Retry-After) to answer instead
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
+    downloads_in_flight: int = 0
+    max_downloads_in_flight: int = 0
     _server: http.server.ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -123,11 +125,21 @@ class RecordingProxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
-                if self.path.startswith("/jmap/download/") and proxy.download_delay:
-                    time.sleep(proxy.download_delay)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length", "connection")}
-                resp = requests.request(self.command, proxy.upstream + self.path, data=body or None, headers=headers,
-                                        allow_redirects=False, timeout=120)
+                download = self.path.startswith("/jmap/download/")
+                if download:
+                    with proxy._lock:
+                        proxy.downloads_in_flight += 1
+                        proxy.max_downloads_in_flight = max(proxy.max_downloads_in_flight, proxy.downloads_in_flight)
+                try:
+                    if download and proxy.download_delay:
+                        time.sleep(proxy.download_delay)
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length", "connection")}
+                    resp = requests.request(self.command, proxy.upstream + self.path, data=body or None, headers=headers,
+                                            allow_redirects=False, timeout=120)
+                finally:
+                    if download:
+                        with proxy._lock:
+                            proxy.downloads_in_flight -= 1
                 content = resp.content
                 if self.path.rstrip("/") == "/jmap" and self.command == "POST" and proxy.rewrite_api and resp.status_code == 200:
                     content = proxy.rewrite_api(json.loads(body), content) or content
@@ -181,6 +193,35 @@ def counters(srv: MailsrvProc) -> dict[str, float]:
     """mailsrv's Stalwart-style counters (unlabelled series)."""
     text = requests.get(f"{srv.url}/metrics/prometheus", timeout=10).text
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_]+) ([0-9.e+]+)$", text, re.M)}
+
+
+# -- batched listing, concurrent downloads within the limits -----------------------------------------------------------
+def test_listing_is_batched_and_downloads_run_concurrently_within_the_limits(
+        mailsrv_factory: Callable[..., MailsrvProc], proxy_factory: Callable[..., RecordingProxy], tmp_path: Path) -> None:
+    srv = mailsrv_factory(jmap={"max_objects_in_get": 4, "max_calls_in_request": 4, "max_concurrent_requests": 3})
+    add_account(srv, "alice")
+    srv.cli("seed", "--account", "alice", "--count", "20")
+
+    # the config allows 8 downloads at once; the server's maxConcurrentRequests (3) is the lower limit
+    proxy = proxy_factory(srv.url, download_delay=0.3)
+    config = write_config(tmp_path / "a", mailsrv_server(srv, url=proxy.url), accounts={"include": ["alice"]},
+                          export={"concurrency": 8})
+    assert export(config).exit_code == 0
+    assert len(proxy.downloads()) == 20 and proxy.max_downloads_in_flight == 3
+    listing = [s.calls() for s in proxy.seen if any(c[0] == "Email/query" for c in s.calls())]
+    assert listing and all(len(calls) <= 4 for calls in listing)
+    first = listing[0]
+    gets = [args for name, args, _ in first if name == "Email/get"]
+    assert len(gets) == 2, "several Email/query + Email/get pairs per request"
+    assert all("#ids" in g and "ids" not in g for g in gets), "Email/get takes its ids from the query by back-reference"
+    assert all(args["limit"] == 4 for name, args, _ in first if name == "Email/query"), "pages of maxObjectsInGet"
+
+    # the config cap below the server's limit wins
+    proxy = proxy_factory(srv.url, download_delay=0.3)
+    config = write_config(tmp_path / "b", mailsrv_server(srv, url=proxy.url), accounts={"include": ["alice"]},
+                          export={"concurrency": 2})
+    assert export(config).exit_code == 0
+    assert len(proxy.downloads()) == 20 and proxy.max_downloads_in_flight == 2
 
 
 # -- only the change is transferred -------------------------------------------------------------------------------

@@ -456,6 +456,14 @@ def test_dry_run_changes_nothing_and_prints_the_plan(world: World) -> None:
     assert s["dry_run"] and s["emails"]["to_import"] == 12 and s["verification"] is None
     with client_for(srv, dest) as client:
         assert (client.email_state(), client.mailbox_state()) == state
+    # beneath a parent mailbox that does not exist yet: everything is still planned, nothing reported as failed
+    r = run(config, "restore", "--account", "alice", "--into", dest, "--into-mailbox", "Restored/2026-11-20", "--dry-run", "--json")
+    s = summary(r)
+    assert r.returncode == 0 and s["problems"] == [] and s["emails"]["to_import"] == 12, (r.returncode, s["problems"][:1])
+    rows = {row["path"]: row for row in s["mailboxes"]["plan"]}
+    assert rows["Inbox"]["dest"] == "Restored/2026-11-20/Inbox" and rows["Inbox"]["action"] == "create" and rows["Inbox"]["import"] == 5
+    with client_for(srv, dest) as client:
+        assert (client.email_state(), client.mailbox_state()) == state
 
 
 def test_corrupted_blob_exits_5_naming_the_message(world: World, tmp_path: Path) -> None:

@@ -239,3 +239,51 @@ def test_restore_from_native_b2_snapshot(seeded: tuple[MailsrvProc, Path], tmp_p
         want = {k: v for k, v in view(alice).emails.items() if ("Projects", "2026") in v[0]}
         got = view(client).emails
         assert got.keys() == want.keys() and all(got[k][0] == frozenset({("Projects", "2026")}) for k in got)
+
+
+def test_damaged_blobs_in_a_restic_snapshot_exit_5_naming_the_messages(seeded: tuple[MailsrvProc, Path], tmp_path: Path) -> None:
+    """A message altered before shipping and one hit by bit rot in a pack file: both are named (exit 5), the rest is restored."""
+    from backup.exportdir.account import AccountReader
+    from mailsrv.client import EmailImport
+
+    srv, _ = seeded
+    srv.add_account("rot")
+    large = (b"From: a@example.net\r\nTo: rot@example.org\r\nSubject: large\r\nMessage-ID: <large-1@example.net>\r\n\r\n"
+             + os.urandom(600_000).hex().encode() + b"\r\n")
+    smalls = [f"From: a@example.net\r\nTo: rot@example.org\r\nSubject: {n}\r\nMessage-ID: <small-{n}@example.net>\r\n\r\n"
+              f"body {n}\r\n".encode() for n in range(3)]
+    with client_for(srv, "rot") as client:
+        inbox = next(m.id for m in client.mailboxes() if m.role == "inbox")
+        for n, raw in enumerate([large, *smalls]):
+            up = client.upload(raw)
+            assert client.email_import({"e": EmailImport(up.blob_id, {inbox: True}, {}, f"2025-05-0{n + 1}T10:00:00Z")}).created
+    (tmp_path / "restic.pw").write_text("restic-test-password\n")
+    targets = [{"name": "local", "type": "restic", "repository": str(tmp_path / "repo"), "password_file": str(tmp_path / "restic.pw")}]
+    config = backup_config(tmp_path / "backup", mailsrv_server(srv), targets=targets)
+    with config.open("a") as f:
+        f.write("init = true\n")
+    r = run(config, "export", "--account", "rot")
+    assert r.returncode == 0, r.stderr
+    blob = AccountReader(tmp_path / "backup" / "export" / "rot").blob_path(hashlib.sha256(smalls[0]).hexdigest())
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes().replace(b"body", b"BODY"))  # altered after the export: shipped as is
+    r = run(config, "ship", "--target", "local")
+    assert r.returncode == 0, r.stderr
+    pack = max((tmp_path / "repo" / "data").glob("*/*"), key=lambda p: p.stat().st_size)  # the large message's pack
+    assert pack.stat().st_size > 300_000
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pack.chmod(0o600)
+    pack.write_bytes(bytes(data))
+
+    srv.add_account("rotdst")
+    r = run(config, "restore", "--account", "rot", "--into", "rotdst", "--target", "local", "--tmp-dir", str(tmp_path), "--json")
+    one_line_error(r, 5, "2 message(s) damaged in the backup", "'rot'")
+    s = summary(r)
+    details = {p["message_id"]: p["detail"] for p in s["problems"]}
+    assert set(details) == {"large-1@example.net", "small-0@example.net"}
+    assert "cannot be restored" in details["large-1@example.net"] and "damaged" in details["small-0@example.net"]
+    assert s["emails"]["imported"] == 2
+    with client_for(srv, "rotdst") as client:
+        assert view(client).count == 2
+    assert not any(p.name.startswith(TMP_PREFIX) for p in tmp_path.iterdir())

@@ -11,6 +11,7 @@ import io
 import os
 import secrets
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from backup.exportdir.manifest import AccountInfo, Counts, RunInfo, ServerInfo, 
 from backup.targets import b2 as b2mod
 from backup.targets.base import SnapshotNotFound, Target, TargetError, TargetUnavailable
 from backup.targets.registry import build_target
-from mailsrv.config import KeepPolicy, TargetConfig
+from mailsrv.config import ConfigError, KeepPolicy, TargetConfig
 
 pytest_plugins = ("tests.seaweed",)
 
@@ -350,8 +351,6 @@ def test_missing_repository_or_bucket_is_a_clear_error(kind: Kind, export: tuple
 
 
 def test_config_mistakes_name_the_key(kind: Kind) -> None:
-    from mailsrv.config import ConfigError
-
     with pytest.raises(ConfigError, match=r"targets\[0\]\.colour: unknown key"):
         kind.build(colour="blue")
     required = {"restic-local": "repository", "restic-s3": "repository", "s3": "bucket", "b2": "bucket"}[kind.name]
@@ -423,6 +422,25 @@ def test_client_side_encryption(native: str, tmp_path: Path, request: pytest.Fix
         k.build(encryption_key_file=str(other)).snapshots()
     with pytest.raises(TargetError, match="encrypted"):
         k.build().snapshots()
+
+
+def test_s3_server_side_encryption_covers_every_object(seaweed: Any, tmp_path: Path) -> None:
+    """``sse = "AES256"``: every object the native s3 target writes (config, data, multipart data, indexes,
+    snapshot manifest) is stored encrypted by the server, as its HEAD answer says."""
+    k = Kind("s3", tmp_path, seaweed=seaweed)
+    big = message(1, seed="sse") + secrets.token_bytes(6 * 1024 * 1024)
+    exp, dirs = make_export(tmp_path / "export", {"sse@example.org": [big, message(2, seed="sse")]})
+    t = k.build(sse="AES256", part_size_mb=5)
+    res = t.ship(exp.root, dirs, host="h")
+    c = seaweed.client()
+    pages = c.get_paginator("list_objects_v2").paginate(Bucket=k._bucket, Prefix="mail/host1/")  # type: ignore[attr-defined]
+    keys = [o["Key"] for p in pages for o in p.get("Contents", [])]
+    assert any("/snapshots/" in key for key in keys) and any(key.endswith(hashlib.sha256(big).hexdigest()) for key in keys)
+    plain = [key for key in keys if c.head_object(Bucket=k._bucket, Key=key).get("ServerSideEncryption") != "AES256"]  # type: ignore[attr-defined]
+    assert plain == [], "objects stored without server-side encryption"
+    assert read_tree(t.fetch(res.snapshot_id, "sse@example.org", tmp_path / "f")) == read_tree(dirs[0])
+    with pytest.raises(ConfigError, match=r"targets\[0\]\.sse: expected one of AES256, aws:kms"):
+        k.build(sse="rot13")
 
 
 def test_restic_kill_9_mid_backup_leaves_no_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -521,6 +539,7 @@ def test_prune_and_ship_stay_out_of_each_others_way(native: str, tmp_path: Path,
         res = t.forget(KeepPolicy(last=1))
         assert len(res.removed) == 1 and not res.bytes_freed
         assert k.data_objects() == before  # nothing collected: the running ship may reuse any of it
+    time.sleep(1.1)  # S3 times are whole seconds; a prune spares objects not strictly older than its own start
     res = t.forget(KeepPolicy(last=1))  # the next prune collects
     assert res.bytes_freed and len(k.data_objects()) < len(before)
     t.prune_wait = 1.0

@@ -31,6 +31,7 @@ from backup.exportdir.layout import MANIFEST, LayoutError
 from backup.exportdir.manifest import AccountInfo, Counts, ExportError, RunInfo, ServerInfo, ToolInfo
 from backup.output import Output
 from backup.state import Status
+from mailsrv import __version__
 from mailsrv.client import AuthError, BlobNotFound, ConnectError, JmapClient, MailClientError, Profile
 from mailsrv.client.management import ManagedAccount
 from mailsrv.config import Config, ConfigError
@@ -80,14 +81,6 @@ def public_url(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
-
-def tool_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mailsidecar")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 @contextmanager
@@ -350,9 +343,9 @@ class AccountExporter:
         sizes.update(objects.sieve_blobs)
         manifest = Manifest(
             account=AccountInfo(name=account.name, id=aid, emails=list(account.emails)),
-            server=ServerInfo(profile=self.cfg.server.profile, url=public_url(self.cfg.server.url),
+            server=ServerInfo(profile=self.cfg.server.profile, url=public_url(self.cfg.server.url), version=client.server_software,
                               capabilities=sorted(client.capabilities(aid))),
-            tool=ToolInfo(version=tool_version()),
+            tool=ToolInfo(version=__version__),
             run=RunInfo(id=writer.run_id, started=rfc3339(started), finished=rfc3339(time.time()), mode=plan.mode,
                         previous=previous.manifest.run.id if previous.manifest else None),
             states=states,

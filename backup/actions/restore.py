@@ -200,7 +200,8 @@ def restore_mail(client: JmapClient, source: RestoreSource, plan: Plan, report: 
     report.detection = {"method": "digest" if use_digest else "download", "server_emails": len(index.emails),
                         "digests": index.digests, "downloads": index.downloaded}
     fallback = boxes.base_id if into_mailbox else boxes.inbox_id
-    plans, rows = _plan_items(plan, boxes, index, fallback, account, report)
+    fallback_pending = dry_run and into_mailbox is not None and fallback is None  # the parent is created by the real run
+    plans, rows = _plan_items(plan, boxes, index, fallback, fallback_pending, report)
     report.rows = rows
     imports = [p for p in plans if p.action == "import"]
     merges = [p for p in plans if p.action == "merge"]
@@ -221,7 +222,7 @@ def restore_mail(client: JmapClient, source: RestoreSource, plan: Plan, report: 
                 report.merged += 1
         progress.advance(len(merges))
         source.ensure_blobs(p.item.sha256 for p in imports)
-        result = Importer(client, source.blob).run(imports, lambda part, n: progress.advance(n, part.bytes))
+        result = Importer(client, source.blob, source.unfetchable).run(imports, lambda part, n: progress.advance(n, part.bytes))
         imported = set(result.imported)
         report.imported = len(result.imported)
         report.bytes = result.bytes
@@ -259,7 +260,7 @@ class _Clock:
         self.last = now
 
 
-def _plan_items(plan: Plan, boxes: MailboxMap, index: DestIndex, fallback: str | None, account: str,
+def _plan_items(plan: Plan, boxes: MailboxMap, index: DestIndex, fallback: str | None, fallback_pending: bool,
                 report: RestoreReport) -> tuple[list[ItemPlan], list[MailboxRow]]:
     rows: dict[str, MailboxRow] = {}
     for t in boxes.targets.values():
@@ -272,11 +273,13 @@ def _plan_items(plan: Plan, boxes: MailboxMap, index: DestIndex, fallback: str |
         dest_ids = [boxes.dest_id(m) if m else fallback for m in sources]
         failed = [m for m in sources if m and boxes.targets[m].action == "failed"]
         known = [d for d in dest_ids if d]
-        if not known and (failed or fallback is None):
+        # dry run: mailboxes (or the --into-mailbox parent) still to be created
+        planned = any(m is not None and boxes.targets[m].action != "failed" and boxes.dest_id(m) is None for m in sources) or \
+            (None in sources and fallback_pending)
+        if not known and not planned and (failed or fallback is None):
             report.problems.append(problem(item, "unmapped", "none of its mailboxes exists or could be created on the server", plan.paths))
             plans.append(ItemPlan(item, "failed", []))
             continue
-        planned = len(known) + len(failed) < len(sources)  # dry run: mailboxes still to be created
         eid = index.by_sha.get(item.sha256)
         if eid is None:
             ip = ItemPlan(item, "import", known)

@@ -200,8 +200,11 @@ class ImportResult:
     bytes: int = 0
 
 
-def check_blob(path: Path, item: Item) -> tuple[str, str] | None:
-    """``(kind, detail)`` when the backup's copy of a message is missing or differs from its record."""
+def check_blob(path: Path, item: Item, unfetchable: str | None = None) -> tuple[str, str] | None:
+    """``(kind, detail)`` when the backup's copy of a message is missing or differs from its record.
+
+    ``unfetchable``: why the snapshot's copy could not be fetched (a damaged pack file, …), if it was not.
+    """
     h = hashlib.sha256()
     size = 0
     try:
@@ -210,6 +213,8 @@ def check_blob(path: Path, item: Item) -> tuple[str, str] | None:
                 h.update(chunk)
                 size += len(chunk)
     except FileNotFoundError:
+        if unfetchable and unfetchable != "not in the snapshot":
+            return "corrupt", f"the backup's blob {item.sha256[:16]}… cannot be restored: {unfetchable}"
         return "missing-blob", f"the backup has no blob {item.sha256[:16]}…"
     if h.hexdigest() != item.sha256 or size != item.size:
         return "corrupt", f"the backup's blob {item.sha256[:16]}… is damaged (sha256 {h.hexdigest()[:16]}…, {size} bytes)"
@@ -219,9 +224,11 @@ def check_blob(path: Path, item: Item) -> tuple[str, str] | None:
 class Importer:
     """Uploads and imports batches of messages concurrently within the server's limits."""
 
-    def __init__(self, client: JmapClient, blob_path: Callable[[str], Path]) -> None:
+    def __init__(self, client: JmapClient, blob_path: Callable[[str], Path],
+                 unfetchable: Callable[[str], str | None] = lambda sha: None) -> None:
         self.client = client
         self.blob_path = blob_path
+        self.unfetchable = unfetchable
         limits = client.limits
         self.batch = max(1, min(IMPORT_BATCH, limits.max_objects_in_set))
         self.workers = max(1, min(limits.max_concurrent_upload, limits.max_concurrent_requests))
@@ -255,7 +262,7 @@ class Importer:
                 return out
             item = plan.item
             path = self.blob_path(item.sha256)
-            bad = check_blob(path, item)
+            bad = check_blob(path, item, self.unfetchable(item.sha256))
             if bad is not None:
                 out.problems.append((item, *bad))
                 continue

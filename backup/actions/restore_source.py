@@ -3,7 +3,8 @@
 From a snapshot only the account's subtree is fetched, in steps: ``manifest.json``, then the metadata files
 it names, then just the blobs the selection needs, into a private temporary directory (0700) that is
 removed afterwards, also when the restore fails or is interrupted (SIGINT/SIGTERM). Directories left by a
-``kill -9`` are removed by the next restore once their process is gone.
+``kill -9`` are removed by the next restore once their process is gone. A blob the target cannot restore
+(missing, or its data damaged in the repository) is isolated and left out; the restore names that message.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from backup.errors import BackupError, ConnectFailure, UnknownObject, UsageError
 from backup.exportdir import ExportDir, LayoutError, ManifestError, blob_relpath, load_manifest
 from backup.exportdir.account import AccountReader
 from backup.exportdir.layout import BLOBS, MANIFEST
-from backup.targets.base import SnapshotNotFound, Target, TargetError, TargetUnavailable, resolve_snapshot
+from backup.targets.base import SnapshotNotFound, Target, TargetError, TargetIOError, TargetUnavailable, resolve_snapshot
 from mailsrv.config import Config
 
 TMP_PREFIX = "mail-restore-"
@@ -46,6 +47,10 @@ class RestoreSource:
 
     def ensure_blobs(self, shas: Iterable[str]) -> None:
         """Make the blobs readable locally (a no-op for an export directory)."""
+
+    def unfetchable(self, sha256: str) -> str | None:
+        """Why the blob could not be fetched from the snapshot (None: it was not asked for, or it came)."""
+        return None
 
     def close(self) -> None:
         pass
@@ -101,6 +106,10 @@ def _find_account_dir(export: ExportDir, account: str) -> Path | None:
 
 
 # -- snapshots --------------------------------------------------------------------------------------------
+class _Damaged(Exception):
+    """The target failed to restore some of the paths asked for (e.g. a pack file whose data is damaged)."""
+
+
 class SnapshotSource(RestoreSource):
     """An account fetched from a target's snapshot into a private temporary directory."""
 
@@ -111,6 +120,7 @@ class SnapshotSource(RestoreSource):
         self.snapshot_id = snapshot_id
         self.tmp = tmp
         self._account = account
+        self._failed: dict[str, str] = {}  # blob path → why the target could not restore it
         try:
             try:
                 root = self._fetch([MANIFEST])
@@ -126,39 +136,55 @@ class SnapshotSource(RestoreSource):
             self.close()
             raise
 
-    def _fetch(self, paths: Sequence[str] | None) -> Path:
-        """Fetch ``paths`` of the account; :class:`SnapshotNotFound` (some path is not in it) passes through."""
+    def _fetch(self, paths: Sequence[str] | None, *, damaged_ok: bool = False) -> Path:
+        """Fetch ``paths`` of the account; :class:`SnapshotNotFound` (some path is not in it) passes through.
+
+        With ``damaged_ok`` any other failure of the target (not unreachable, not a full disk) raises
+        :class:`_Damaged` so the caller can isolate the paths that cannot be restored.
+        """
         try:
             return self.target.fetch(self.snapshot_id, self._account, self.tmp, paths=paths)
         except SnapshotNotFound:
             raise
         except TargetUnavailable as exc:
             raise ConnectFailure(str(exc)) from None
+        except TargetIOError as exc:
+            raise BackupError(f"target {self.target.name}: fetching account {self._account!r} failed: {exc}") from None
         except TargetError as exc:
+            if damaged_ok:
+                raise _Damaged(f"target {self.target.name} cannot restore it: {exc}") from None
             raise BackupError(f"target {self.target.name}: fetching account {self._account!r} failed: {exc}") from None
 
     def ensure_blobs(self, shas: Iterable[str]) -> None:
         """Fetch the blobs not fetched yet: all of ``blobs/`` in one go when most are wanted, else in chunks.
 
-        A blob the snapshot lacks is left missing (the restore reports that message, exit 5) and does not
-        keep the others from being fetched.
+        A blob the snapshot lacks, or whose data the target cannot restore (a damaged pack file), is left
+        missing — :meth:`unfetchable` says why, the restore reports that message (exit 5) — and does not keep
+        the others from being fetched.
         """
-        wanted = sorted({blob_relpath(s) for s in shas if not self.blob(s).exists()})
+        wanted = sorted({blob_relpath(s) for s in shas if not self.blob(s).exists()} - set(self._failed))
         if not wanted:
             return
         if len(wanted) * 2 >= max(1, self.reader.manifest.counts.blobs):
-            with contextlib.suppress(SnapshotNotFound):
-                self._fetch([BLOBS])
+            try:
+                self._fetch([BLOBS], damaged_ok=True)
                 return
+            except (SnapshotNotFound, _Damaged):
+                pass  # some blob is missing or cannot be restored: isolate it below
+            wanted = [p for p in wanted if not (self.root / p).exists()]
         for i in range(0, len(wanted), FETCH_CHUNK):
             self._fetch_tolerant(wanted[i : i + FETCH_CHUNK])
 
+    def unfetchable(self, sha256: str) -> str | None:
+        return self._failed.get(blob_relpath(sha256))
+
     def _fetch_tolerant(self, paths: list[str]) -> None:
-        """Fetch ``paths``; when the snapshot lacks some, halve the list until the missing ones are isolated."""
+        """Fetch ``paths``; when some cannot be restored, halve the list until those are isolated."""
         try:
-            self._fetch(paths)
-        except SnapshotNotFound:
+            self._fetch(paths, damaged_ok=True)
+        except (SnapshotNotFound, _Damaged) as exc:
             if len(paths) == 1:
+                self._failed[paths[0]] = "not in the snapshot" if isinstance(exc, SnapshotNotFound) else str(exc)
                 return
             half = len(paths) // 2
             self._fetch_tolerant(paths[:half])

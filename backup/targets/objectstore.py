@@ -47,6 +47,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from mailsrv import __version__
 from mailsrv.config import KeepPolicy
 
 from ..exportdir.layout import BLOBS, MANIFEST, account_dir_name, blob_relpath, inside
@@ -267,7 +268,7 @@ class SnapshotDoc:
     key: str = ""
 
     def to_bytes(self) -> bytes:
-        tool_version = _tool_version()
+        tool_version = __version__
         doc = {"format": "mailsidecar-snapshot", "version": 1, "id": self.id, "time": _iso(self.time), "host": self.host,
                "tool": {"name": "mail-backup", "version": tool_version},
                "locked_until": _iso(self.locked_until) if self.locked_until else None,
@@ -959,14 +960,6 @@ class _Uploader:
 def _first(problems: dict[str, str]) -> str:
     return "; ".join(f"{a}: {w}" for a, w in list(problems.items())[:3])
 
-
-def _tool_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mailsidecar")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _sha256_file(path: Path) -> str:

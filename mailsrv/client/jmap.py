@@ -90,6 +90,7 @@ class JmapCore:
         self._session_stale = False
         self._api_session_state: Any = None
         self._session_json: dict[str, Any] = {}
+        self.server_software: str | None = None  # the session response's Server header ("mailsrv/0.1.0", "Cyrus-HTTP/3.6.1 …")
         self._lock = threading.Lock()
         self._request_slots: threading.BoundedSemaphore | None = None
         self._upload_slots: threading.BoundedSemaphore | None = None
@@ -128,6 +129,7 @@ class JmapCore:
         resolved.update(apiUrl=session.api_url, uploadUrl=session.upload_url, downloadUrl=session.download_url,
                         eventSourceUrl=session.event_source_url)
         self._session_json = resolved
+        self.server_software = resp.headers.get("Server", "")[:200] or None
         log.debug("JMAP session of %s at %s: %d accounts", self.transport.who(), final_url, len(session.accounts))
         return session
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from mailsrv import __version__
+
 from .app import Identity, MailServer
 from .jmap import RequestError, process
 from .jmap.core import MethodError, account_for, parse_request
@@ -252,9 +254,15 @@ async def guard_middleware(request: web.Request, handler: Callable[[web.Request]
         server.metrics.observe("http_request_time", (time.monotonic() - start) * 1000)
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the server and its version, as Stalwart and Cyrus do; exports record it in their manifest."""
+    response.headers["Server"] = f"mailsrv/{__version__}"
+
+
 def build_app(server: MailServer) -> web.Application:
     app = web.Application(middlewares=[guard_middleware], client_max_size=max(server.cfg.jmap.max_size_request, 1 << 20) + 1)
     app[SERVER_KEY] = server
+    app.on_response_prepare.append(_server_header)
     app["request_slots"] = Slots(server.cfg.jmap.max_concurrent_requests)
     app["upload_slots"] = Slots(server.cfg.jmap.max_concurrent_upload)
     app.router.add_get("/.well-known/jmap", well_known)
