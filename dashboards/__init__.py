@@ -14,7 +14,8 @@ PROVISIONING_DIR = HERE / "provisioning"
 DASHBOARD_DIR = PROVISIONING_DIR / "dashboards" / "mailsidecar"
 RULES_FILE = HERE / "prometheus" / "mail-alerts.yml"
 RULES_TEST_FILES = (HERE / "prometheus" / "mail-alerts.test.yml", HERE / "prometheus" / "mail-alerts.days.test.yml")
-SCHEMA_FILE = HERE / "schema" / "dashboard.schema.json"
+# Grafana's dashboard JSON Schema (see schema/README.md): the Grafana the dashboards are built for, and a current one
+SCHEMA_FILES = {"11.6": HERE / "schema" / "dashboard-11.6.schema.json", "13.2": HERE / "schema" / "dashboard-13.2.schema.json"}
 
 # short name -> file name of the generated dashboard
 DASHBOARDS = {"overview": "mail-overview.json", "security": "mail-security.json", "backups": "mail-backups.json"}

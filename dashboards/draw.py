@@ -7,11 +7,14 @@ their values as Grafana does (value mappings, units, threshold colours); bar gau
 from __future__ import annotations
 
 import datetime as dt
+import io
 import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from mailsrv.fsio import atomic_write_bytes
 
 from .query import PanelData, Series, TimeRange
 from .units import PALETTE, display, format_value, threshold_color
@@ -51,8 +54,9 @@ def render_png(dashboard: dict[str, Any], panels: Sequence[PanelData], tr: TimeR
             canvas.bargauge(box, pd)
         else:  # stat, gauge and anything else with a value
             canvas.stat(box, pd)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, facecolor=BG)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=DPI, facecolor=BG)
+    atomic_write_bytes(out, png.getvalue())  # a viewer or web server never sees half a picture
 
 
 Box = tuple[float, float, float, float]  # left, bottom, width, height in inches from the figure's bottom-left

@@ -4,7 +4,7 @@
 ``python -m dashboards.generate --check``    exit 1 and name the files that differ from what the code generates
 
 Dashboards are built with grafana-foundation-sdk (its Grafana 11.6 build), given stable panel ids, and validated
-against Grafana's dashboard JSON Schema (``schema/dashboard.schema.json``) before anything is written.
+against Grafana's dashboard JSON Schemas (``schema/``: Grafana 11.6 and a current Grafana) before anything is written.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from mailsrv.fsio import atomic_write_bytes
 
 from . import DASHBOARD_DIR, DASHBOARDS, RULES_FILE
 from . import rules as rules_mod
@@ -69,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"out of date: {path}", file=sys.stderr)
         return 1 if stale else 0
     for path in stale:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(files[path], encoding="utf-8")
+        atomic_write_bytes(path, files[path].encode("utf-8"))
         print(f"wrote {path}")
     return 0
 

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import os
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mailsrv.fsio import atomic_write_bytes
 
 from . import RULES_FILE
 
@@ -306,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(text)
         return 0
     try:
-        args.out.write_text(text, encoding="utf-8")
+        if not args.out.parent.is_dir():  # a mistyped path is an error, not a new directory
+            code = errno.ENOTDIR if args.out.parent.exists() else errno.ENOENT
+            raise OSError(code, f"{os.strerror(code)}: {args.out.parent}")
+        atomic_write_bytes(args.out, text.encode("utf-8"))  # Prometheus reloading meanwhile reads the old or the new file
     except OSError as exc:
         print(f"dashboards.rules: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 7

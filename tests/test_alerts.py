@@ -180,6 +180,23 @@ def test_thresholds_can_be_changed_from_the_command_line(tmp_path: Path) -> None
         assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_out_replaces_the_rule_file_atomically_and_never_creates_directories(tmp_path: Path) -> None:
+    """Prometheus may reload while ``--out`` writes: a reader of the old file keeps the whole old file, and a new
+    one appears by rename (no temp file left behind). A mistyped directory is an error (exit 7), not created."""
+    out = tmp_path / "mail-alerts.yml"
+    out.write_text("groups: []\n")
+    with out.open() as reader:
+        done = run(sys.executable, "-m", "dashboards.rules", "--set", "queue_backlog_messages=1000", "--out", str(out), cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        assert reader.read() == "groups: []\n"  # the old inode, intact: the new file was renamed over it
+    assert "> 1000" in out.read_text() and sorted(p.name for p in tmp_path.iterdir()) == ["mail-alerts.yml"]
+    missing = tmp_path / "no-such-dir" / "mail-alerts.yml"
+    done = run(sys.executable, "-m", "dashboards.rules", "--out", str(missing), cwd=ROOT)
+    assert done.returncode == 7 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == f"dashboards.rules: cannot write {missing}: No such file or directory: {missing.parent}"
+    assert not missing.parent.exists()
+
+
 def test_overridden_rules_still_pass_promtool() -> None:
     groups = rule_groups(Settings(queue_backlog_messages=2, queue_backlog_for="5s", exporter_job="mail"))
     text = yaml.safe_dump(groups)

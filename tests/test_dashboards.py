@@ -84,6 +84,17 @@ def test_the_schema_catches_broken_dashboards() -> None:
     assert any("'schemaVersion' is a required property" in e for e in errors), errors
 
 
+def test_keys_newer_than_grafana_11_6_are_refused() -> None:
+    """The dashboards target Grafana 11.6: a key only later Grafana versions know fails its schema, by name."""
+    board = committed("overview")
+    board["templating"]["list"][1]["staticOptions"] = []  # a query-variable option Grafana 12 added
+    board["panels"][1]["timeCompare"] = "1d"
+    errors = schema_errors(board)
+    assert any("'staticOptions' was unexpected" in e and e.endswith("(Grafana 11.6 schema)") for e in errors), errors
+    assert any("'timeCompare' was unexpected" in e and e.endswith("(Grafana 11.6 schema)") for e in errors), errors
+    assert schema_errors(committed("overview")) == []
+
+
 @pytest.mark.parametrize("name", list(DASHBOARDS))
 def test_variables_datasource_units_and_thresholds(name: str) -> None:
     board = committed(name)
@@ -121,6 +132,15 @@ def test_every_metric_in_dashboards_and_rules_is_one_mail_exporter_documents() -
                 used.setdefault(metric, set()).add(rule["alert"])
     assert len(used) > 30
     assert {m: sorted(w) for m, w in used.items() if m not in known} == {}
+
+
+def test_every_alert_the_docs_name_is_a_shipped_rule() -> None:
+    """The docs describe the rules that ship, not examples that drift from them (names, and no stray thresholds)."""
+    shipped = {r["alert"] for g in rule_groups()["groups"] for r in g["rules"]}
+    for doc in ("docs/metrics.md", "docs/dashboards.md", "docs/operations.md", "README.md"):
+        named = set(re.findall(r"\bMail[A-Z][A-Za-z]+\b", (ROOT / doc).read_text(encoding="utf-8")))
+        assert named - shipped == set(), f"{doc} names alerts that do not exist"
+    assert "alert: " not in (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8"), "rule YAML copied into metrics.md"
 
 
 def test_panels_cover_the_issue() -> None:
@@ -198,6 +218,30 @@ def test_values_are_shown_like_grafana() -> None:
     result = next(p for p in panels(board) if p["title"] == "Restore drill")["fieldConfig"]["defaults"]
     assert display(0, result) == ("FAILED", "#F2495C") and display(2, result) == ("OK", "#73BF69")
     assert display(1, result) == ("PARTIAL", "#FF9830")
+
+
+def test_generated_files_and_pictures_are_replaced_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``generate`` and the renderer write a temp file and rename it: a reader of the old file (Grafana rereading
+    its provisioning folder, a web server serving the PNG) never sees a half-written one."""
+    import dashboards.generate as gen
+    from dashboards.draw import render_png
+    from dashboards.query import PanelData
+
+    target = tmp_path / "mail-overview.json"
+    target.write_text("old\n")
+    monkeypatch.setattr(gen, "outputs", lambda: {target: render_dashboard("overview")})
+    with target.open() as reader:
+        assert gen.main([]) == 0
+        assert reader.read() == "old\n"
+    assert target.read_text() == render_dashboard("overview")
+
+    png = tmp_path / "overview.png"
+    png.write_bytes(b"old")
+    board = committed("overview")
+    with png.open("rb") as reader:
+        render_png(board, [PanelData(p) for p in board["panels"]], TimeRange(0, 3600, 15, 15), png, "no data")
+        assert reader.read() == b"old"
+    assert png.read_bytes().startswith(b"\x89PNG") and sorted(p.name for p in tmp_path.iterdir()) == [target.name, png.name]
 
 
 def test_dashboard_json_is_deterministic() -> None:
