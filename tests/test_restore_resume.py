@@ -287,3 +287,28 @@ def test_damaged_blobs_in_a_restic_snapshot_exit_5_naming_the_messages(seeded: t
     with client_for(srv, "rotdst") as client:
         assert view(client).count == 2
     assert not any(p.name.startswith(TMP_PREFIX) for p in tmp_path.iterdir())
+
+
+def test_damaged_metadata_in_a_restic_snapshot_is_exit_5(seeded: tuple[MailsrvProc, Path], tmp_path: Path) -> None:
+    """Bit rot in every data pack, the account's manifest and metadata included: a verification failure (exit 5)
+    naming the account, not a generic target failure; nothing is imported."""
+    srv, _ = seeded
+    (tmp_path / "restic.pw").write_text("restic-test-password\n")
+    targets = [{"name": "local", "type": "restic", "repository": str(tmp_path / "repo"), "password_file": str(tmp_path / "restic.pw")}]
+    config = backup_config(tmp_path / "backup", mailsrv_server(srv), targets=targets)
+    with config.open("a") as f:
+        f.write("init = true\n")
+    assert run(config, "export", "--account", "alice").returncode == 0
+    assert run(config, "ship", "--target", "local").returncode == 0
+    for pack in (tmp_path / "repo" / "data").glob("*/*"):
+        data = bytearray(pack.read_bytes())
+        for i in range(0, len(data), 64):  # every blob of the pack, however small
+            data[i] ^= 0xFF
+        pack.chmod(0o600)
+        pack.write_bytes(bytes(data))
+    srv.add_account("metadst")
+    r = run(config, "restore", "--account", "alice", "--into", "metadst", "--target", "local", "--tmp-dir", str(tmp_path))
+    one_line_error(r, 5, "'alice'", "metadata is damaged")
+    with client_for(srv, "metadst") as client:
+        assert view(client).count == 0
+    assert not any(p.name.startswith(TMP_PREFIX) for p in tmp_path.iterdir())

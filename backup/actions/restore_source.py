@@ -123,9 +123,11 @@ class SnapshotSource(RestoreSource):
         self._failed: dict[str, str] = {}  # blob path → why the target could not restore it
         try:
             try:
-                root = self._fetch([MANIFEST])
+                root = self._fetch([MANIFEST], damaged_ok=True)
                 manifest = load_manifest(root)
-                self._fetch([entry.path for entry in manifest.files.values()])
+                self._fetch([entry.path for entry in manifest.files.values()], damaged_ok=True)
+            except _Damaged as exc:
+                raise VerificationMismatch(f"account {account!r} in snapshot {snapshot_id[:12]}: its metadata is damaged: {exc}") from None
             except SnapshotNotFound as exc:
                 raise VerificationMismatch(f"account {account!r} in snapshot {snapshot_id[:12]}: {exc}") from None
             except ManifestError as exc:
