@@ -193,7 +193,7 @@ class TlsSource:
             return ep, None, f"{ep.url}: {type(exc).__name__}: {exc}"
 
     def poll(self) -> PollResult:
-        with ThreadPoolExecutor(max_workers=min(8, max(1, len(self.endpoints)))) as pool:
+        with ThreadPoolExecutor(max_workers=min(64, max(1, len(self.endpoints)))) as pool:
             results = list(pool.map(self._check, self.endpoints))
         labels = ["endpoint"]
         up = GaugeMetricFamily("mail_tls_endpoint_up", "1 if the endpoint completed a TLS handshake in the last poll.", labels=labels)
