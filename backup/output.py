@@ -15,7 +15,19 @@ from typing import Any
 
 from rich.cells import cell_len
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.text import Text
 
 
 class Output:
@@ -97,3 +109,18 @@ def text_table(rows: Sequence[Sequence[str]], *, right: Sequence[int] = (), inde
         return gap + cell if n in right else cell + gap
 
     return [(indent + "  ".join(pad(n, c) for n, c in enumerate(row))).rstrip() for row in rows]
+
+
+class MessagesColumn(ProgressColumn):
+    """``done/total msgs`` from a task's ``msgs`` and ``msgs_total`` fields."""
+
+    def render(self, task: Task) -> Text:
+        total = task.fields.get("msgs_total")
+        done = task.fields.get("msgs", 0)
+        return Text(f"{done}/{total} msgs" if total is not None else f"{done} msgs", style="progress.download")
+
+
+def message_progress(console: Console) -> Progress:
+    """Bars of messages and bytes with rate and ETA (export and restore); tasks carry ``msgs``/``msgs_total``."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MessagesColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)

@@ -6,31 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.text import Text
+from rich.progress import Progress, TaskID
 
-from backup.output import Output
+from backup.output import Output, message_progress
 
 EVENT_INTERVAL = 5.0
 
 
-class _Messages(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        total = task.fields.get("msgs_total")
-        done = task.fields.get("msgs", 0)
-        return Text(f"{done}/{total} msgs" if total is not None else f"{done} msgs", style="progress.download")
 
 
 class AccountProgress:
@@ -86,7 +69,5 @@ def export_progress(out: Output, event: str = "export.account.progress") -> Iter
     if not out.interactive:
         yield ExportProgress(out, None, event)
         return
-    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), _Messages(), DownloadColumn(), TransferSpeedColumn(),
-                          TimeRemainingColumn()]
-    with Progress(*columns, console=out.err, transient=False) as rich:
+    with message_progress(out.err) as rich:
         yield ExportProgress(out, rich, event)

@@ -10,27 +10,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.text import Text
+from rich.progress import Progress, TaskID
 
-from backup.output import Output
+from backup.output import Output, message_progress
 
 EVENT_INTERVAL = 1.0
 
 
-class _Messages(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.fields.get('msgs', 0)}/{task.fields.get('msgs_total', 0)} msgs", style="progress.download")
 
 
 class RestoreProgress:
@@ -70,8 +56,7 @@ def restore_progress(out: Output, account: str, messages: int, nbytes: int) -> I
     if not out.interactive or messages == 0:
         yield RestoreProgress(out, account, None, messages, nbytes)
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), _Messages(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=out.err, transient=False) as rich:
+    with message_progress(out.err) as rich:
         progress = RestoreProgress(out, account, rich, messages, nbytes)
         yield progress
         progress.finish()
