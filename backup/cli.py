@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from mailsrv.clickgroup import UsageExit1Group
 from mailsrv.config import Config, ConfigError, load_config
 
 from .errors import EXIT_CONNECT, EXIT_IO, EXIT_UNKNOWN, EXIT_USAGE, BackupError
@@ -40,8 +41,19 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-class Group(click.Group):
-    """Maps exceptions to exit codes (never a traceback for a user mistake or an expected failure)."""
+class Group(UsageExit1Group):
+    """Loads a subcommand's module only when it runs (start-up stays cheap for cron and systemd) and maps
+    exceptions to exit codes (never a traceback for a user mistake or an expected failure)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            self.add_command(importlib.import_module(f"backup.commands.{cmd_name}").command, cmd_name)
+        return self.commands[cmd_name]
 
     def invoke(self, ctx: click.Context) -> Any:
         from mailsrv.client.errors import AuthError, ConnectError, InsecureUrlError, UnknownAccount
@@ -81,17 +93,5 @@ def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     ctx.obj = Ctx(config_path)
 
 
-def _load_commands() -> None:
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"backup.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"backup.commands.{name}":
-                raise
-            continue  # not built yet
-        main.add_command(module.command)
-
-
-_load_commands()
 
 __all__ = ["EXIT_CONNECT", "EXIT_IO", "EXIT_UNKNOWN", "Ctx", "main", "pass_ctx"]

@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from mailsrv.clickgroup import UsageExit1Group
 from mailsrv.config import Config, ConfigError, load_config
 
 from .dashboards_render import dashboards
@@ -46,22 +47,6 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class UsageExit1Group(click.Group):
-    """Usage errors exit 1, like every mailsidecar program (click's default is 2, our "cannot connect")."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as exc:
-            exc.exit_code = EXIT_USAGE  # type: ignore[misc]  # a ClassVar since click 8.5; per instance is intended
-            raise
-
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        try:
-            return super().make_context(*args, **kwargs)
-        except click.UsageError as exc:
-            exc.exit_code = EXIT_USAGE  # type: ignore[misc]  # a ClassVar since click 8.5; per instance is intended
-            raise
 
 
 def _setup_logging(level: str) -> None:

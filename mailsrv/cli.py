@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
+from .clickgroup import UsageExit1Group
 from .config import Config, ConfigError, load_config, read_secret
 
 EXIT_OK, EXIT_USAGE, EXIT_UNKNOWN, EXIT_IO = 0, 1, 3, 7
@@ -68,22 +69,6 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-class UsageExit1Group(click.Group):
-    """A click group whose usage mistakes (unknown option, missing argument) exit 1, as documented."""
-
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        try:
-            return super().make_context(*args, **kwargs)
-        except click.UsageError as exc:
-            exc.exit_code = EXIT_USAGE  # type: ignore[misc]  # a ClassVar since click 8.5; per instance is intended
-            raise
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as exc:
-            exc.exit_code = EXIT_USAGE  # type: ignore[misc]  # a ClassVar since click 8.5; per instance is intended
-            raise
 
 
 @click.group(cls=UsageExit1Group, context_settings={"help_option_names": ["-h", "--help"]})

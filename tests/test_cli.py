@@ -134,3 +134,22 @@ def test_domain_add_list_and_catch_all(mailsrv: MailsrvProc) -> None:
 def test_help_on_every_subcommand(args: list[str]) -> None:
     r = subprocess.run([sys.executable, "-m", "mailsrv", *args, "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "Usage:" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("program", ["mailsrv.cli", "exporters.cli", "backup.cli"])
+@pytest.mark.parametrize("args", [["nosuch"], ["--bogus"], ["--config"]])
+def test_usage_mistakes_exit_1_in_every_program(program: str, args: list[str]) -> None:
+    """Exit 1 is "usage or config error" in all three programs; click's own 2 would read as "cannot connect"."""
+    code = f"import sys; from {program} import main; sys.exit(main())"
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Error:" in r.stderr and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+
+
+def test_mail_backup_loads_only_the_subcommand_it_runs() -> None:
+    """`mail-backup verify` never imports the restore, ship or schedule code (cheap start-up for cron and timers)."""
+    code = ("import sys; from click.testing import CliRunner; from backup.cli import main; "
+            "r = CliRunner().invoke(main, ['verify', '--help']); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in sys.modules if m.startswith('backup.commands.')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['backup.commands.verify']", r.stdout
