@@ -9,6 +9,7 @@ leaves only garbage that the next run removes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -187,9 +188,10 @@ class AccountWriter:
         for path in (self.root / META).iterdir():
             if f"{META}/{path.name}" not in keep:
                 path.unlink(missing_ok=True)
-        for path in (self.root / BLOBS).glob("*/*/*"):
-            if path.name not in referenced_blobs:
-                path.unlink(missing_ok=True)
+        for blob in _files_under(str(self.root / BLOBS), depth=3):  # blobs/ab/cd/<sha256>
+            if blob.name not in referenced_blobs:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(blob.path)
         for path in self.tmp.iterdir():
             path.unlink(missing_ok=True)
 
@@ -199,3 +201,18 @@ class AccountWriter:
             (self.root / meta.relpath).unlink(missing_ok=True)
         for path in self.tmp.iterdir():
             path.unlink(missing_ok=True)
+
+
+def _files_under(directory: str, depth: int) -> Iterator[os.DirEntry[str]]:
+    """The files exactly ``depth`` levels below ``directory`` (without following symlinks)."""
+    try:
+        with os.scandir(directory) as it:
+            entries = list(it)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if depth == 1:
+            if entry.is_file(follow_symlinks=False):
+                yield entry
+        elif entry.is_dir(follow_symlinks=False):
+            yield from _files_under(entry.path, depth - 1)
