@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,18 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import MailsrvProc, free_port, start_mailsrv  # noqa: E402  (the mailsrv launcher the tests use)
+
 CYRUS_SCRIPT = Path(os.environ.get("CYRUS_TESTBED_SCRIPT", "/work/shared/testbed/cyrus/cyrus-testbed"))
 PASSWORD = "bench-Password-1"
 MAIL_BACKUP = [sys.executable, "-c", "import sys; from backup.cli import main; sys.exit(main())"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -115,45 +110,10 @@ def export_pair(work: Path, server: dict[str, Any], account: str, runs: int, cre
 
 
 # -- mailsrv ----------------------------------------------------------------------------------------------------
-class Mailsrv:
-    def __init__(self, base: Path) -> None:
-        base.mkdir(parents=True, exist_ok=True)
-        self.base = base
-        (base / "admin.pw").write_text("bench-admin-pw\n")
-        (base / "master.pw").write_text("bench-master-pw\n")
-        self.http, smtp, sub = free_port(), free_port(), free_port()
-        self.config = base / "config.toml"
-        self.config.write_text(
-            f'[mailsrv]\ndata_dir = "{base / "data"}"\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-            f'smtp_listen = "127.0.0.1:{smtp}"\nsubmission_listen = "127.0.0.1:{sub}"\nhttp_listen = "127.0.0.1:{self.http}"\n'
-            f'admin_password_file = "{base / "admin.pw"}"\nmaster_user = "master"\nmaster_password_file = "{base / "master.pw"}"\n')
-        self.proc = subprocess.Popen([sys.executable, "-m", "mailsrv", "--config", str(self.config), "serve"],
-                                     stdout=open(base / "mailsrv.log", "ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/healthz/ready", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError("mailsrv did not start")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http}"
-
-    def cli(self, *args: str) -> str:
-        env = {**os.environ, "MAILSRV_ACCOUNT_PASSWORD": PASSWORD}
-        return subprocess.run([sys.executable, "-m", "mailsrv", "--config", str(self.config), *args], check=True,
-                              capture_output=True, text=True, env=env).stdout
-
-    def server(self) -> dict[str, Any]:
-        return {"profile": "embedded", "url": self.url, "admin_password_file": str(self.base / "admin.pw"),
-                "master_user": "master", "master_password_file": str(self.base / "master.pw")}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+def mailsrv_server(srv: MailsrvProc) -> dict[str, Any]:
+    """The ``[server]`` section for mail-backup against a mailsrv started by ``tests.conftest.start_mailsrv``."""
+    return {"profile": "embedded", "url": srv.url, "admin_password_file": str(srv.dir / "admin.pw"),
+            "master_user": "master", "master_password_file": str(srv.dir / "master.pw")}
 
 
 # -- Cyrus + mbsync -----------------------------------------------------------------------------------------------
@@ -255,20 +215,20 @@ def main() -> None:
     notes: list[str] = []
     setup: dict[str, float] = {}
     try:
-        srv = Mailsrv(work / "mailsrv")
+        srv = start_mailsrv(work / "mailsrv")
         try:
-            srv.cli("account", "add", "reader")
+            srv.add_account("reader", PASSWORD)
             t = time.perf_counter()
             srv.cli("seed", "--account", "reader", "--count", str(args.count))
             setup["mailsrv seed"] = time.perf_counter() - t
             col = Column(f"mailsrv ({args.count:,} msgs, JMAP)")
-            col.runs["full"], col.runs["inc"] = export_pair(work, srv.server(), "reader", args.runs)
+            col.runs["full"], col.runs["inc"] = export_pair(work, mailsrv_server(srv), "reader", args.runs)
             if args.big:
-                srv.cli("account", "add", "big")
+                srv.add_account("big", PASSWORD)
                 t = time.perf_counter()
                 srv.cli("seed", "--account", "big", "--count", str(args.big), "--random-seed", "3")
                 setup["mailsrv seed big"] = time.perf_counter() - t
-                full, inc = export_pair(work, srv.server(), "big", args.runs, full=False)
+                full, inc = export_pair(work, mailsrv_server(srv), "big", args.runs, full=False)
                 col.runs["big_full"], col.runs["big_inc"] = full, inc
                 notes.append(f"big account: {args.big} messages; its one full export took {full[0].seconds:.0f} s "
                              f"({full[0].msgs_per_s:.0f} msgs/s, peak RSS {full[0].rss_mb:.0f} MB)")

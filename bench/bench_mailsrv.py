@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import smtplib
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,17 +35,16 @@ from urllib.parse import urljoin
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import free_port  # noqa: E402  (the mailsrv launcher and port picker the tests use)
+from tests.conftest import start_mailsrv as launch_mailsrv  # noqa: E402
+
 CYRUS_SCRIPT = Path(os.environ.get("CYRUS_TESTBED_SCRIPT", "/work/shared/testbed/cyrus/cyrus-testbed"))
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"]
 PROPERTIES = ["id", "blobId", "threadId", "mailboxIds", "keywords", "size", "receivedAt", "messageId", "subject", "from", "to",
               "sentAt", "hasAttachment", "preview"]
 PASSWORD = "bench-Password-1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- servers ---------------------------------------------------------------------------------------
@@ -69,46 +67,13 @@ class Server:
 
 def start_mailsrv(base: Path, count: int) -> Server:
     """Start ``mailsrv serve`` on run-time ports, create accounts, seed ``count`` messages into ``reader``."""
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "admin.pw").write_text("bench-admin-pw\n")
-    http, smtp, sub = free_port(), free_port(), free_port()
-    config = base / "config.toml"
-    config.write_text(
-        f'[mailsrv]\ndata_dir = "{base / "data"}"\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-        f'smtp_listen = "127.0.0.1:{smtp}"\nsubmission_listen = "127.0.0.1:{sub}"\nhttp_listen = "127.0.0.1:{http}"\n'
-        f'admin_password_file = "{base / "admin.pw"}"\nsmtp_rate_limit = 0\n'
-    )
-    cli = [sys.executable, "-m", "mailsrv", "--config", str(config)]
-    env = dict(os.environ, MAILSRV_ACCOUNT_PASSWORD=PASSWORD)
-    log = open(base / "mailsrv.log", "ab")
-    proc = subprocess.Popen([*cli, "serve", "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
-
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-    url = f"http://127.0.0.1:{http}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{url}/healthz/ready", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop()
-            raise RuntimeError(f"mailsrv did not start:\n{(base / 'mailsrv.log').read_text()[-2000:]}")
-        time.sleep(0.1)
+    proc = launch_mailsrv(base, smtp_rate_limit=0)  # the launcher the tests use; one client may send thousands
     for name in ("reader", "ingest"):
-        subprocess.run([*cli, "account", "add", name], env=env, check=True, capture_output=True)
+        proc.add_account(name, PASSWORD)
     t0 = time.monotonic()
-    out = subprocess.run([*cli, "seed", "--account", "reader", "--count", str(count), "--json"], check=True, capture_output=True, text=True)
-    seeded = json.loads(out.stdout)["accounts"][0]
-    srv = Server("mailsrv", "SMTP", smtp, "ingest@example.org", f"{url}/.well-known/jmap", ("reader", PASSWORD), stop=stop)
+    seeded = json.loads(proc.cli("seed", "--account", "reader", "--count", str(count), "--json").stdout)["accounts"][0]
+    srv = Server("mailsrv", "SMTP", proc.smtp_port, "ingest@example.org", f"{proc.url}/.well-known/jmap", ("reader", PASSWORD),
+                 stop=proc.stop)
     srv.load_seconds, srv.load_count, srv.load_bytes = time.monotonic() - t0, seeded["messages"], seeded["bytes"]
     srv.notes.append(f"mailsrv: {count} messages from `mailsrv seed` (mixed MIME, {seeded['bytes'] / count / 1024:.0f} KiB mean) "
                      f"written into the running server")
@@ -338,7 +303,6 @@ def main() -> None:
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up servers and temp dirs on SIGTERM too
 
-    sys.path.insert(0, str(ROOT))
     from mailsrv.seed import MailGenerator
 
     messages = [m.raw for m in MailGenerator("ingest@example.org", 4242, args.ingest)]

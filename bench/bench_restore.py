@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,8 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,16 +43,12 @@ from mailsrv.client import BasicAuth, EmailImport, JmapClient  # noqa: E402
 from mailsrv.client.calls import Invocation  # noqa: E402
 from mailsrv.config import parse_config  # noqa: E402
 from mailsrv.seed import FOLDERS, MailGenerator  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.conftest import start_mailsrv as launch_mailsrv  # noqa: E402
 
 CYRUS_SCRIPT = Path(os.environ.get("CYRUS_TESTBED_SCRIPT", "/work/shared/testbed/cyrus/cyrus-testbed"))
 PASSWORD = "bench-Password-1"
 ACCOUNT = "source"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rfc3339(ts: float) -> str:
@@ -118,51 +111,17 @@ class Server:
 
 
 def start_mailsrv(base: Path) -> Server:
-    base.mkdir(parents=True, exist_ok=True)
-    for name, secret in (("admin.pw", "bench-admin-pw"), ("master.pw", "bench-master-pw")):
-        (base / name).write_text(secret + "\n")
-    http = free_port()
-    config = base / "config.toml"
-    config.write_text(
-        f'[mailsrv]\ndata_dir = "{base / "data"}"\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-        f'smtp_listen = "127.0.0.1:{free_port()}"\nsubmission_listen = "127.0.0.1:{free_port()}"\nhttp_listen = "127.0.0.1:{http}"\n'
-        f'admin_password_file = "{base / "admin.pw"}"\nmaster_user = "master"\nmaster_password_file = "{base / "master.pw"}"\n'
-    )
-    cli = [sys.executable, "-m", "mailsrv", "--config", str(config)]
-    log = open(base / "mailsrv.log", "ab")
-    proc = subprocess.Popen([*cli, "serve", "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
-
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-    url = f"http://127.0.0.1:{http}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{url}/healthz/ready", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop()
-            raise RuntimeError(f"mailsrv did not start:\n{(base / 'mailsrv.log').read_text()[-2000:]}")
-        time.sleep(0.1)
+    srv = launch_mailsrv(base)  # the launcher the tests use: run-time ports, admin and master logins
     counter = iter(range(1, 1000))
 
     def new_account() -> str:
         name = f"r{next(counter)}"
-        subprocess.run([*cli, "account", "add", name], env=dict(os.environ, MAILSRV_ACCOUNT_PASSWORD=PASSWORD), check=True,
-                       capture_output=True)
+        srv.add_account(name, PASSWORD)
         return name
 
-    server = {"profile": "embedded", "url": url, "admin_user": "admin", "admin_password_file": str(base / "admin.pw"),
+    server = {"profile": "embedded", "url": srv.url, "admin_user": "admin", "admin_password_file": str(base / "admin.pw"),
               "master_user": "master", "master_password_file": str(base / "master.pw")}
-    return Server("mailsrv", url, server, new_account, stop)
+    return Server("mailsrv", srv.url, server, new_account, srv.stop)
 
 
 def start_cyrus(base: Path, accounts: int) -> Server:
