@@ -11,40 +11,21 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import click
 
-from mailsrv.clickgroup import UsageExit1Group
-from mailsrv.config import Config, ConfigError, load_config
+from mailsrv.clickgroup import UsageExit1Group, error_handler, failer
+from mailsrv.config import Config, load_config
 
 from .dashboards_render import dashboards
 
 EXIT_OK, EXIT_USAGE, EXIT_CONNECT, EXIT_IO = 0, 1, 2, 7
-F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("mail_exporter")
 
 
-def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"mail-exporter: {message}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(fn: F) -> F:
-    """Turn user mistakes into one clear line and the documented exit code, never a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            fail(str(exc), EXIT_USAGE)
-        except OSError as exc:
-            fail(f"{exc.filename or ''}: {exc.strerror}" if exc.filename and exc.strerror else str(exc), EXIT_IO)
-
-    return wrapper  # type: ignore[return-value]
+fail = failer("mail-exporter")
+handle_errors = error_handler(fail)
 
 
 

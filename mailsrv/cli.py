@@ -12,37 +12,18 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from .clickgroup import UsageExit1Group
+from .clickgroup import UsageExit1Group, error_handler, failer
 from .config import Config, ConfigError, load_config, read_secret
 
 EXIT_OK, EXIT_USAGE, EXIT_UNKNOWN, EXIT_IO = 0, 1, 3, 7
-F = TypeVar("F", bound=Callable[..., Any])
 
 
-def fail(message: str, code: int) -> None:
-    click.echo(f"mailsrv: {message}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(fn: F) -> F:
-    """Turn user mistakes into one clear line and the documented exit code, never a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            fail(str(exc), EXIT_USAGE)
-        except OSError as exc:
-            fail(f"{exc.filename or ''}: {exc.strerror}" if exc.strerror else str(exc), EXIT_IO)
-
-    return wrapper  # type: ignore[return-value]
+fail = failer("mailsrv")
+handle_errors = error_handler(fail)
 
 
 class Ctx:
