@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..store.ids import jmap_id, parse_id
 
@@ -307,3 +307,27 @@ __all__ = [
     "Call", "MethodError", "RequestError", "SetError", "account_for", "check_properties", "filter_properties",
     "get_ids_limit", "jmap_id", "method", "parse_id", "process", "set_limit",
 ]
+
+
+T = TypeVar("T")
+
+
+def filter_predicate(f: Any, condition: Callable[[str, Any], Callable[[T], bool]]) -> Callable[[T], bool]:
+    """An RFC 8620 §5.5 filter (a FilterCondition or a nested FilterOperator; None = everything) as one predicate
+    over objects; ``condition(property, value)`` turns one condition property into a predicate (or raises MethodError)."""
+    if f is None:
+        return lambda o: True
+    if not isinstance(f, dict):
+        raise MethodError("invalidArguments", "a filter must be an object")
+    if "operator" in f:
+        op, conds = f.get("operator"), f.get("conditions")
+        if op not in ("AND", "OR", "NOT") or not isinstance(conds, list) or set(f) - {"operator", "conditions"}:
+            raise MethodError("invalidArguments", "a FilterOperator needs operator AND/OR/NOT and conditions")
+        subs = [filter_predicate(c, condition) for c in conds]
+        if op == "AND":
+            return lambda o: all(s(o) for s in subs)
+        if op == "OR":
+            return lambda o: any(s(o) for s in subs)
+        return lambda o: not any(s(o) for s in subs)
+    tests = [condition(key, value) for key, value in f.items()]
+    return lambda o: all(t(o) for t in tests)

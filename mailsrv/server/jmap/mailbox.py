@@ -13,6 +13,7 @@ from .core import (
     MethodError,
     SetError,
     check_properties,
+    filter_predicate,
     filter_properties,
     get_ids_limit,
     jmap_id,
@@ -131,21 +132,6 @@ def mailbox_changes(call: Call) -> dict[str, Any]:
 Matcher = Callable[[Mailbox], bool]
 
 
-def _compile_filter(call: Call, f: Any) -> Matcher:
-    if not isinstance(f, dict):
-        raise MethodError("invalidArguments", "a filter must be an object")
-    if "operator" in f:
-        op, conds = f.get("operator"), f.get("conditions")
-        if op not in ("AND", "OR", "NOT") or not isinstance(conds, list) or set(f) - {"operator", "conditions"}:
-            raise MethodError("invalidArguments", "a FilterOperator needs operator AND/OR/NOT and conditions")
-        subs = [_compile_filter(call, c) for c in conds]
-        if op == "AND":
-            return lambda m: all(s(m) for s in subs)
-        if op == "OR":
-            return lambda m: any(s(m) for s in subs)
-        return lambda m: not any(s(m) for s in subs)
-    tests = [_condition(call, key, value) for key, value in f.items()]
-    return lambda m: all(t(m) for t in tests)
 
 
 def _condition(call: Call, key: str, value: Any) -> Matcher:
@@ -237,7 +223,7 @@ def _int_arg(call: Call, key: str, default: int, minimum: int | None = None) -> 
 @method("Mailbox/query", MAIL)
 def mailbox_query(call: Call) -> dict[str, Any]:
     account = call.account()
-    match = _compile_filter(call, call.args["filter"]) if call.args.get("filter") is not None else (lambda m: True)
+    match = filter_predicate(call.args.get("filter"), lambda key, value: _condition(call, key, value))
     sort = _sorter(call)
     position = _int_arg(call, "position", 0)
     anchor_offset = _int_arg(call, "anchorOffset", 0)

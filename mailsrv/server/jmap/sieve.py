@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..store.changes import CREATED, DESTROYED, UPDATED
-from .core import SIEVE, Call, MethodError, SetError, jmap_id, method, set_limit
+from .core import SIEVE, Call, MethodError, SetError, filter_predicate, jmap_id, method, set_limit
 from .email_body import read_blob
 from .identity import (
     apply_sort,
@@ -249,21 +249,6 @@ def sieve_changes(call: Call) -> dict[str, Any]:
 
 
 # -- SieveScript/query ---------------------------------------------------------------------------------------
-def _matcher(f: Any) -> Callable[[sqlite3.Row], bool]:
-    if not isinstance(f, dict):
-        raise MethodError("invalidArguments", "a filter must be an object")
-    if "operator" in f:
-        op, conds = f.get("operator"), f.get("conditions")
-        if op not in ("AND", "OR", "NOT") or not isinstance(conds, list):
-            raise MethodError("invalidArguments", "a FilterOperator needs operator AND/OR/NOT and conditions")
-        subs = [_matcher(x) for x in conds]
-        if op == "AND":
-            return lambda r: all(s(r) for s in subs)
-        if op == "OR":
-            return lambda r: any(s(r) for s in subs)
-        return lambda r: not any(s(r) for s in subs)
-    tests = [_condition(key, value) for key, value in f.items()]
-    return lambda r: all(t(r) for t in tests)
 
 
 def _condition(key: str, value: Any) -> Callable[[sqlite3.Row], bool]:
@@ -281,7 +266,7 @@ def _condition(key: str, value: Any) -> Callable[[sqlite3.Row], bool]:
 @method("SieveScript/query", SIEVE)
 def sieve_query(call: Call) -> dict[str, Any]:
     account = call.account()
-    match = _matcher(call.args["filter"]) if call.args.get("filter") is not None else (lambda r: True)
+    match = filter_predicate(call.args.get("filter"), _condition)
     sort = sort_arg(call, {"name", "isActive"})
     with call.store.db.lock:
         c = call.store.db.conn

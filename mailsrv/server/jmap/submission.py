@@ -24,7 +24,7 @@ from ..delivery import domain_of, route_sync
 from ..mime import parse_utc, utc_iso
 from ..smtp import MAX_RECIPIENTS
 from ..store.changes import CREATED, DESTROYED
-from .core import SUBMISSION, Call, MethodError, SetError, jmap_id, method, parse_id, set_limit
+from .core import SUBMISSION, Call, MethodError, SetError, filter_predicate, jmap_id, method, parse_id, set_limit
 from .email_set import email_set
 from .identity import (
     account_addresses,
@@ -81,21 +81,6 @@ def _id_list(value: Any, key: str) -> set[str]:
     return set(value)
 
 
-def _matcher(f: Any) -> Callable[[dict[str, Any]], bool]:
-    if not isinstance(f, dict):
-        raise MethodError("invalidArguments", "a filter must be an object")
-    if "operator" in f:
-        op, conds = f.get("operator"), f.get("conditions")
-        if op not in ("AND", "OR", "NOT") or not isinstance(conds, list):
-            raise MethodError("invalidArguments", "a FilterOperator needs operator AND/OR/NOT and conditions")
-        subs = [_matcher(x) for x in conds]
-        if op == "AND":
-            return lambda s: all(m(s) for m in subs)
-        if op == "OR":
-            return lambda s: any(m(s) for m in subs)
-        return lambda s: not any(m(s) for m in subs)
-    tests = [_condition(key, value) for key, value in f.items()]
-    return lambda s: all(t(s) for t in tests)
 
 
 def _condition(key: str, value: Any) -> Callable[[dict[str, Any]], bool]:
@@ -126,7 +111,7 @@ def _sort_key(s: dict[str, Any], prop: str) -> Any:
 @method("EmailSubmission/query", SUBMISSION)
 def submission_query(call: Call) -> dict[str, Any]:
     account = call.account()
-    match = _matcher(call.args["filter"]) if call.args.get("filter") is not None else (lambda s: True)
+    match = filter_predicate(call.args.get("filter"), _condition)
     sort = sort_arg(call, {"emailId", "threadId", "sentAt"})
     with call.store.db.lock:
         c = call.store.db.conn
