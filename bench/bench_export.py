@@ -33,9 +33,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import MailsrvProc, free_port, start_mailsrv  # noqa: E402  (the mailsrv launcher the tests use)
+from tests.conftest import MailsrvProc, start_mailsrv  # noqa: E402  (the launchers the tests use)
+from tests.cyrus import CyrusTestbed, start_cyrus  # noqa: E402
 
-CYRUS_SCRIPT = Path(os.environ.get("CYRUS_TESTBED_SCRIPT", "/work/shared/testbed/cyrus/cyrus-testbed"))
 PASSWORD = "bench-Password-1"
 MAIL_BACKUP = [sys.executable, "-c", "import sys; from backup.cli import main; sys.exit(main())"]
 
@@ -117,28 +117,9 @@ def mailsrv_server(srv: MailsrvProc) -> dict[str, Any]:
 
 
 # -- Cyrus + mbsync -----------------------------------------------------------------------------------------------
-class Cyrus:
-    def __init__(self, base: Path, user: str) -> None:
-        self.dir = base
-        env = dict(os.environ)
-        for name in ("HTTP", "HTTPS", "IMAP", "LMTP", "SIEVE"):
-            env[f"CYRUS_TESTBED_{name}_PORT"] = str(free_port())
-        env["CYRUS_TESTBED_USERS"] = user
-        env.setdefault("CYRUS_TESTBED_SYSLOG", "0")
-        r = subprocess.run([str(CYRUS_SCRIPT), "start", str(base)], capture_output=True, text=True, env=env, timeout=1200)
-        if r.returncode != 0:
-            raise RuntimeError("cyrus-testbed start failed: " + r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "?")
-        self.env = dict(line.split("=", 1) for line in (base / "testbed.env").read_text().splitlines() if "=" in line)
-        self.env = {k.strip(): v.strip().strip('"') for k, v in self.env.items()}
-
-    def bulk(self, user: str, count: int) -> None:
-        subprocess.run([str(CYRUS_SCRIPT), "bulk", user, str(count), str(self.dir)], check=True, capture_output=True, timeout=7200)
-
-    def stop(self) -> None:
-        subprocess.run([str(CYRUS_SCRIPT), "stop", str(self.dir)], capture_output=True, timeout=120)
 
 
-def mbsync_pair(work: Path, cyrus: Cyrus, user: str, runs: int) -> tuple[list[Run], list[Run]]:
+def mbsync_pair(work: Path, cyrus: CyrusTestbed, user: str, runs: int) -> tuple[list[Run], list[Run]]:
     fulls: list[Run] = []
     incs: list[Run] = []
     for n in range(runs):
@@ -240,13 +221,13 @@ def main() -> None:
             try:
                 if os.geteuid() != 0:
                     raise RuntimeError("the Cyrus testbed needs root")
-                cyrus = Cyrus(work / "cyrus", "reader")
+                cyrus = start_cyrus(work / "cyrus", users=("reader",))  # the tests' launcher
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 notes.append(f"Cyrus and mbsync columns skipped: {exc}")
             else:
                 try:
                     t = time.perf_counter()
-                    cyrus.bulk("reader", args.count)
+                    cyrus.bulk("reader", args.count, timeout=7200)
                     setup["cyrus bulk"] = time.perf_counter() - t
                     (work / "cyrus.pw").write_text(cyrus.env["PASSWORD"] + "\n")
                     server = {"profile": "generic", "url": f"http://127.0.0.1:{cyrus.env['JMAP_PORT']}"}

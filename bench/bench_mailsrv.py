@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import smtplib
@@ -37,10 +36,9 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port  # noqa: E402  (the mailsrv launcher and port picker the tests use)
 from tests.conftest import start_mailsrv as launch_mailsrv  # noqa: E402
+from tests.cyrus import start_cyrus as launch_cyrus  # noqa: E402
 
-CYRUS_SCRIPT = Path(os.environ.get("CYRUS_TESTBED_SCRIPT", "/work/shared/testbed/cyrus/cyrus-testbed"))
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"]
 PROPERTIES = ["id", "blobId", "threadId", "mailboxIds", "keywords", "size", "receivedAt", "messageId", "subject", "from", "to",
               "sentAt", "hasAttachment", "preview"]
@@ -82,32 +80,15 @@ def start_mailsrv(base: Path, count: int) -> Server:
 
 def start_cyrus(base: Path, count: int) -> Server:
     """Start the Cyrus testbed on run-time ports and bulk-load ``count`` messages (raises with the reason)."""
-    if os.geteuid() != 0:
-        raise RuntimeError("the Cyrus testbed needs root")
-    if not CYRUS_SCRIPT.is_file():
-        raise RuntimeError(f"testbed script not found: {CYRUS_SCRIPT} (set CYRUS_TESTBED_SCRIPT)")
-    def stop() -> None:
-        subprocess.run([str(CYRUS_SCRIPT), "wipe", str(base)], capture_output=True, timeout=120, check=False)
-
-    for attempt in (1, 2):  # a loaded machine can miss the testbed's 30 s start-up wait; try once more
-        env = dict(os.environ, CYRUS_TESTBED_USERS="reader ingest", CYRUS_TESTBED_SYSLOG="0")
-        for name in ("HTTP", "HTTPS", "IMAP", "LMTP", "SIEVE"):
-            env[f"CYRUS_TESTBED_{name}_PORT"] = str(free_port())
-        r = subprocess.run([str(CYRUS_SCRIPT), "start", str(base)], env=env, capture_output=True, text=True, timeout=900)
-        if r.returncode == 0:
-            break
-        stop()
-        if attempt == 2:
-            raise RuntimeError("cyrus-testbed start failed twice: " + " ".join(r.stderr.strip().splitlines()[-3:]))
-
-    tb = {k: v.strip('"') for k, _, v in (line.partition("=") for line in (base / "testbed.env").read_text().splitlines()) if v}
+    bed = launch_cyrus(base, users=("reader", "ingest"), attempts=2)  # the tests' launcher
     t0 = time.monotonic()
-    r = subprocess.run([str(CYRUS_SCRIPT), "bulk", "reader", str(count), str(base)], capture_output=True, text=True, timeout=1800)
-    if r.returncode != 0:
-        stop()
-        raise RuntimeError("cyrus-testbed bulk failed: " + r.stderr.strip()[-300:])
-    srv = Server("cyrus", "LMTP", int(tb["LMTP_PORT"]), f"ingest@{tb['MAIL_DOMAIN']}", tb["JMAP_SESSION_URL"],
-                 ("reader", tb["PASSWORD"]), stop=stop)
+    try:
+        bed.bulk("reader", count, timeout=1800)
+    except BaseException:
+        bed.stop()
+        raise
+    srv = Server("cyrus", "LMTP", bed.lmtp_port, f"ingest@{bed.domain}", bed.env["JMAP_SESSION_URL"], ("reader", bed.password),
+                 stop=bed.stop)
     srv.load_seconds, srv.load_count = time.monotonic() - t0, count
     srv.notes.append(f"cyrus: {count} messages from `cyrus-testbed bulk` (plain text, 0.6-150 KB) "
                      "written as spool files + reconstruct, so its load time is not comparable")

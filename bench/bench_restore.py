@@ -43,10 +43,9 @@ from mailsrv.client import BasicAuth, EmailImport, JmapClient  # noqa: E402
 from mailsrv.client.calls import Invocation  # noqa: E402
 from mailsrv.config import parse_config  # noqa: E402
 from mailsrv.seed import FOLDERS, MailGenerator  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 from tests.conftest import start_mailsrv as launch_mailsrv  # noqa: E402
+from tests.cyrus import start_cyrus as launch_cyrus  # noqa: E402
 
-CYRUS_SCRIPT = Path(os.environ.get("CYRUS_TESTBED_SCRIPT", "/work/shared/testbed/cyrus/cyrus-testbed"))
 PASSWORD = "bench-Password-1"
 ACCOUNT = "source"
 
@@ -125,31 +124,12 @@ def start_mailsrv(base: Path) -> Server:
 
 
 def start_cyrus(base: Path, accounts: int) -> Server:
-    if os.geteuid() != 0:
-        raise RuntimeError("the Cyrus testbed needs root")
-    if not CYRUS_SCRIPT.is_file():
-        raise RuntimeError(f"testbed script not found: {CYRUS_SCRIPT} (set CYRUS_TESTBED_SCRIPT)")
     users = [f"r{n}" for n in range(1, accounts + 1)]
-
-    def stop() -> None:
-        subprocess.run([str(CYRUS_SCRIPT), "wipe", str(base)], capture_output=True, timeout=120, check=False)
-
-    for attempt in (1, 2):  # a loaded machine can miss the testbed's start-up wait; try once more
-        env = dict(os.environ, CYRUS_TESTBED_USERS=" ".join(users), CYRUS_TESTBED_SYSLOG="0", CYRUS_TESTBED_PASSWORD=PASSWORD)
-        for name in ("HTTP", "HTTPS", "IMAP", "LMTP", "SIEVE"):
-            env[f"CYRUS_TESTBED_{name}_PORT"] = str(free_port())
-        r = subprocess.run([str(CYRUS_SCRIPT), "start", str(base)], env=env, capture_output=True, text=True, timeout=900)
-        if r.returncode == 0:
-            break
-        stop()
-        if attempt == 2:
-            raise RuntimeError("cyrus-testbed start failed twice: " + " ".join(r.stderr.strip().splitlines()[-3:]))
-    tb = {k: v.strip('"') for k, _, v in (line.partition("=") for line in (base / "testbed.env").read_text().splitlines()) if v}
-    url = f"http://127.0.0.1:{tb['JMAP_PORT']}"
+    bed = launch_cyrus(base, users=tuple(users), password=PASSWORD, attempts=2)  # the tests' launcher
     (base / "user.pw").write_text(PASSWORD + "\n")
     pending = iter(users)
     creds = {u: {"user": u, "password_file": str(base / "user.pw")} for u in users}
-    return Server("cyrus", url, {"profile": "generic", "url": url}, lambda: next(pending), stop, creds)
+    return Server("cyrus", bed.url, {"profile": "generic", "url": bed.url}, lambda: next(pending), bed.stop, creds)
 
 
 # -- the two restores --------------------------------------------------------------------------------------

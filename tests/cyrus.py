@@ -98,9 +98,9 @@ class CyrusTestbed:
         """A Bearer JWT for ``user``."""
         return self.run("token", user).strip()
 
-    def bulk(self, user: str, count: int) -> None:
-        """``count`` generated messages into ``user``'s INBOX (fast, for paging tests)."""
-        self.run("bulk", user, str(count))
+    def bulk(self, user: str, count: int, timeout: float = 120) -> None:
+        """``count`` generated messages into ``user``'s INBOX (fast, for paging tests and benchmarks)."""
+        self.run("bulk", user, str(count), timeout=timeout)
 
     def deliver(self, user: str, raw: bytes) -> None:
         """Deliver one message to ``user``'s INBOX over LMTP."""
@@ -120,29 +120,39 @@ def _parse_env(text: str) -> dict[str, str]:
     return env
 
 
-def start_cyrus(base: Path, *, users: tuple[str, ...] = USERS, nonstandard: bool = False, timeout: float = 900) -> CyrusTestbed:
-    """Start a testbed in ``base`` on free ports; raise :class:`CyrusUnavailable` with the reason if it cannot."""
+def start_cyrus(base: Path, *, users: tuple[str, ...] = USERS, nonstandard: bool = False, timeout: float = 900,
+                password: str | None = None, attempts: int = 1) -> CyrusTestbed:
+    """Start a testbed in ``base`` on free ports; raise :class:`CyrusUnavailable` with the reason if it cannot.
+
+    ``attempts`` > 1 tries again (on fresh ports) when a start fails: a loaded machine can miss the testbed's
+    start-up wait. ``password`` replaces the testbed's default password of every user."""
     if not sys.platform.startswith("linux"):
         raise CyrusUnavailable("the Cyrus testbed needs Debian/Linux")
     if os.geteuid() != 0:
         raise CyrusUnavailable("the Cyrus testbed needs root (it installs Debian packages and runs Cyrus as 'cyrus')")
     if not SCRIPT.is_file():
         raise CyrusUnavailable(f"testbed script not found at {SCRIPT} (set CYRUS_TESTBED_SCRIPT)")
-    env = dict(os.environ)
-    for name in ("HTTP", "HTTPS", "IMAP", "LMTP", "SIEVE"):
-        env[f"CYRUS_TESTBED_{name}_PORT"] = str(free_port())
-    env["CYRUS_TESTBED_USERS"] = " ".join(users)
-    env["CYRUS_TESTBED_NONSTANDARD"] = "1" if nonstandard else "0"
-    env.setdefault("CYRUS_TESTBED_SYSLOG", "0")  # leave /dev/log alone; other testbeds may share the machine
     base.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    try:
-        proc = subprocess.run([str(SCRIPT), "start", str(base)], capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise CyrusUnavailable(f"cyrus-testbed start took more than {timeout:.0f}s") from None
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-        raise CyrusUnavailable(f"cyrus-testbed start failed after {time.monotonic() - started:.0f}s: {tail}")
+    for attempt in range(1, attempts + 1):
+        env = dict(os.environ)
+        for name in ("HTTP", "HTTPS", "IMAP", "LMTP", "SIEVE"):
+            env[f"CYRUS_TESTBED_{name}_PORT"] = str(free_port())
+        env["CYRUS_TESTBED_USERS"] = " ".join(users)
+        env["CYRUS_TESTBED_NONSTANDARD"] = "1" if nonstandard else "0"
+        env.setdefault("CYRUS_TESTBED_SYSLOG", "0")  # leave /dev/log alone; other testbeds may share the machine
+        if password is not None:
+            env["CYRUS_TESTBED_PASSWORD"] = password
+        started = time.monotonic()
+        try:
+            proc = subprocess.run([str(SCRIPT), "start", str(base)], capture_output=True, text=True, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise CyrusUnavailable(f"cyrus-testbed start took more than {timeout:.0f}s") from None
+        if proc.returncode == 0:
+            break
+        subprocess.run([str(SCRIPT), "wipe", str(base)], capture_output=True, timeout=120, check=False)
+        if attempt == attempts:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+            raise CyrusUnavailable(f"cyrus-testbed start failed after {time.monotonic() - started:.0f}s: {tail}")
     bed = CyrusTestbed(base, _parse_env((base / "testbed.env").read_text()))
     return bed
 
